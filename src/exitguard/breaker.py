@@ -1,0 +1,248 @@
+"""A circuit breaker for exits: closed, open, and a half-open that really probes.
+
+Opens on the Nth consecutive failed exit (the threshold means "opens on the Nth", which
+is what the seed's contradictory test wanted) or when the failure rate over a sliding
+window passes a limit. While open it refuses exits fast so the bot can route elsewhere.
+After ``cooldown`` it lets ``half_open_probes`` exits through; a success closes it, a failure
+re-opens it. Every transition is reported to listeners, so even an open that lasts less than
+a scrape interval is counted. Thread-safe; listeners run outside the lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .clock import Clock, loop_time
+
+_log = logging.getLogger("exitguard.breaker")
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def gauge_value(self) -> int:
+        return _GAUGE[self]
+
+
+_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class BreakerAction(enum.Enum):
+    """What a recorded failure means for the caller (the seed's CircuitBreakerAction)."""
+
+    CONTINUE = "continue"
+    HALT_TRADING = "halt_trading"
+
+
+CircuitBreakerAction = BreakerAction
+
+TransitionListener = Callable[[str, BreakerState, BreakerState, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Proof that an exit was let through; half-open probes hold one of the few slots."""
+
+    probe: bool
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        failure_threshold: int = 3,
+        *,
+        name: str = "exit",
+        cooldown: float = 30.0,
+        half_open_probes: int = 1,
+        failure_rate: float | None = None,
+        window: float = 60.0,
+        min_calls: int = 10,
+        clock: Clock = loop_time,
+    ) -> None:
+        def bad(field: str, problem: str, value: object) -> ValueError:
+            return ValueError(f"CircuitBreaker.{field} {problem}, got {value!r}")
+
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or (
+            failure_threshold < 1
+        ):
+            raise bad("failure_threshold", "must be an integer >= 1", failure_threshold)
+        if not (isinstance(cooldown, int | float) and math.isfinite(cooldown) and cooldown > 0):
+            raise bad("cooldown", "must be a finite number > 0", cooldown)
+        if isinstance(half_open_probes, bool) or not isinstance(half_open_probes, int) or (
+            half_open_probes < 1
+        ):
+            raise bad("half_open_probes", "must be an integer >= 1", half_open_probes)
+        if failure_rate is not None and not (0 < failure_rate <= 1):
+            raise bad("failure_rate", "must be in (0, 1]", failure_rate)
+        if not (isinstance(window, int | float) and math.isfinite(window) and window > 0):
+            raise bad("window", "must be a finite number > 0", window)
+        if isinstance(min_calls, bool) or not isinstance(min_calls, int) or min_calls < 1:
+            raise bad("min_calls", "must be an integer >= 1", min_calls)
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.cooldown = float(cooldown)
+        self.half_open_probes = half_open_probes
+        self.failure_rate = failure_rate
+        self.window = float(window)
+        self.min_calls = min_calls
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._consecutive_failures = 0
+        self._opened_at = 0.0
+        self._probes_in_flight = 0
+        self._calls: deque[tuple[float, bool]] = deque()
+        self._listeners: list[TransitionListener] = []
+        self.trips = 0
+        self.transitions = 0
+
+    def clone(self, name: str) -> CircuitBreaker:
+        """A fresh breaker with the same settings (one per fallback venue)."""
+        return CircuitBreaker(
+            self.failure_threshold, name=name, cooldown=self.cooldown,
+            half_open_probes=self.half_open_probes, failure_rate=self.failure_rate,
+            window=self.window, min_calls=self.min_calls, clock=self._clock,
+        )
+
+    def add_listener(self, listener: TransitionListener) -> None:
+        """``listener(name, old, new, reason)`` on every transition."""
+        self._listeners.append(listener)
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive_failures
+
+    @property
+    def state(self) -> BreakerState:
+        """The state now; an open breaker whose cool-down has passed reads as half-open."""
+        with self._lock:
+            event = self._refresh()
+        self._notify(event)
+        return self._state
+
+    def _refresh(self) -> tuple[BreakerState, BreakerState, str] | None:
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.cooldown:
+            return self._set(BreakerState.HALF_OPEN, "cool-down elapsed")
+        return None
+
+    def _set(self, new: BreakerState, reason: str) -> tuple[BreakerState, BreakerState, str]:
+        old = self._state
+        self._state = new
+        self.transitions += 1
+        if new is BreakerState.OPEN:
+            self.trips += 1
+            self._opened_at = self._clock()
+        if new is not BreakerState.HALF_OPEN:
+            self._probes_in_flight = 0
+        return old, new, reason
+
+    def _notify(self, event: tuple[BreakerState, BreakerState, str] | None) -> None:
+        if event is None:
+            return
+        old, new, reason = event
+        log = _log.error if new is BreakerState.OPEN else _log.warning
+        log("circuit breaker %s: %s -> %s (%s)", self.name, old, new, reason)
+        for listener in tuple(self._listeners):
+            try:
+                listener(self.name, old, new, reason)
+            except Exception:
+                _log.exception("circuit breaker listener raised; ignored")
+
+    def allow(self) -> Permit | None:
+        """Let an exit through (returning a permit) or refuse it (None) without waiting."""
+        with self._lock:
+            event = self._refresh()
+            permit: Permit | None
+            if self._state is BreakerState.CLOSED:
+                permit = Permit(probe=False)
+            elif self._state is BreakerState.HALF_OPEN and (
+                self._probes_in_flight < self.half_open_probes
+            ):
+                self._probes_in_flight += 1
+                permit = Permit(probe=True)
+            else:
+                permit = None
+        self._notify(event)
+        return permit
+
+    def should_accept_exit(self) -> bool:
+        """The seed's check: would an exit be let through now? Takes no probe slot."""
+        state = self.state
+        if state is BreakerState.HALF_OPEN:
+            with self._lock:
+                return self._probes_in_flight < self.half_open_probes
+        return state is BreakerState.CLOSED
+
+    def release(self, permit: Permit | None) -> None:
+        """Give a probe slot back without a verdict (the exit was cancelled)."""
+        if permit is not None and permit.probe:
+            with self._lock:
+                self._probes_in_flight = max(0, self._probes_in_flight - 1)
+
+    def record_success(self, permit: Permit | None = None) -> None:
+        with self._lock:
+            self._consecutive_failures = 0
+            self._record_call(ok=True)
+            event = None
+            if self._state is BreakerState.HALF_OPEN:
+                event = self._set(BreakerState.CLOSED, "probe exit succeeded")
+            elif permit is not None and permit.probe:
+                self._probes_in_flight = max(0, self._probes_in_flight - 1)
+        self._notify(event)
+
+    def record_failure(self, permit: Permit | None = None) -> BreakerAction:
+        """Count a failed exit; HALT_TRADING when the breaker is (or becomes) open."""
+        with self._lock:
+            self._consecutive_failures += 1
+            self._record_call(ok=False)
+            event = self._refresh()
+            reason = None
+            if self._state is BreakerState.HALF_OPEN:
+                reason = "probe exit failed"
+            elif self._state is BreakerState.CLOSED:
+                if self._consecutive_failures >= self.failure_threshold:
+                    reason = f"{self._consecutive_failures} consecutive failed exits"
+                elif self._rate_exceeded():
+                    reason = f"failure rate over {self.window:g}s above {self.failure_rate:.0%}"
+            second = self._set(BreakerState.OPEN, reason) if reason else None
+            is_open = self._state is BreakerState.OPEN
+        self._notify(event)
+        self._notify(second)
+        return BreakerAction.HALT_TRADING if is_open else BreakerAction.CONTINUE
+
+    def _record_call(self, *, ok: bool) -> None:
+        if self.failure_rate is None:
+            return
+        now = self._clock()
+        self._calls.append((now, ok))
+        while self._calls and now - self._calls[0][0] > self.window:
+            self._calls.popleft()
+
+    def _rate_exceeded(self) -> bool:
+        if self.failure_rate is None or len(self._calls) < self.min_calls:
+            return False
+        failures = sum(1 for _, ok in self._calls if not ok)
+        return failures / len(self._calls) >= self.failure_rate
+
+    def reset(self) -> None:
+        """Close by hand (an operator decision)."""
+        with self._lock:
+            self._consecutive_failures = 0
+            self._calls.clear()
+            event = self._set(BreakerState.CLOSED, "reset") if (
+                self._state is not BreakerState.CLOSED
+            ) else None
+        self._notify(event)
+
+
+#: The seed's name.
+ExitCircuitBreaker = CircuitBreaker

@@ -1,0 +1,120 @@
+"""The exit's total time budget, and timeout detection bounded by what is left of it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import asyncio
+
+from .clock import Clock, loop_time
+from .errors import ExitDeadlineExceeded, ExitTimeoutError
+
+_T = TypeVar("_T")
+
+
+class ExitDeadline:
+    """A hard window (default 30 s) opened at construction, in loop time.
+
+    Unlike the seed's manager, every wait goes through ``remaining()``, so nothing sleeps
+    past the window.
+    """
+
+    __slots__ = ("_clock", "started_at", "window")
+
+    def __init__(
+        self, window: float = 30.0, *, started_at: float | None = None, clock: Clock = loop_time
+    ) -> None:
+        if isinstance(window, bool) or not isinstance(window, int | float) or not (
+            window > 0 and math.isfinite(window)
+        ):
+            raise ValueError(f"ExitDeadline.window must be a finite number > 0, got {window!r}")
+        self._clock = clock
+        self.window = float(window)
+        self.started_at = clock() if started_at is None else started_at
+
+    @property
+    def expires_at(self) -> float:
+        return self.started_at + self.window
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started_at
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires_at - self._clock())
+
+    def is_within_window(self) -> bool:
+        return self._clock() < self.expires_at
+
+    def assert_within_window(self) -> None:
+        """Raise ExitDeadlineExceeded once the window has passed."""
+        if not self.is_within_window():
+            raise ExitDeadlineExceeded(self.elapsed(), self.window)
+
+    def bound(self, limit: float | None = None) -> float:
+        """A wait of at most ``limit`` seconds, cut to the time left."""
+        left = self.remaining()
+        return left if limit is None else max(0.0, min(limit, left))
+
+    async def run(self, awaitable: Awaitable[_T], *, name: str = "exit") -> _T:
+        """Await within the window; on expiry cancel it and raise ExitTimeoutError."""
+        return await TimeoutDetector(name, self.remaining(), clock=self._clock).run(awaitable)
+
+
+#: The seed's name.
+ExitDeadlineManager = ExitDeadline
+
+
+class TimeoutDetector:
+    """Times one operation (e.g. a confirmation), never beyond an enclosing deadline."""
+
+    __slots__ = ("_clock", "deadline", "name", "started_at", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        timeout: float,
+        *,
+        deadline: ExitDeadline | None = None,
+        clock: Clock = loop_time,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(
+            timeout
+        ) or timeout < 0:
+            raise ValueError(f"TimeoutDetector.timeout must be a number >= 0, got {timeout!r}")
+        self.name = name
+        self.timeout = float(timeout)
+        self.deadline = deadline
+        self._clock = clock
+        self.started_at = clock()
+
+    @property
+    def limit(self) -> float:
+        """The effective limit: the own timeout, cut to the enclosing deadline."""
+        if self.deadline is None:
+            return self.timeout
+        return min(self.timeout, self.deadline.expires_at - self.started_at)
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started_at
+
+    def remaining(self) -> float:
+        return max(0.0, self.limit - self.elapsed())
+
+    def has_timed_out(self) -> bool:
+        return self.elapsed() >= self.limit
+
+    async def run(self, awaitable: Awaitable[_T]) -> _T:
+        """Await with the remaining limit; cancel the operation and raise on expiry."""
+        try:
+            async with asyncio.timeout(self.remaining()):
+                return await awaitable
+        except TimeoutError as exc:
+            if isinstance(exc, ExitTimeoutError):
+                raise
+            raise ExitTimeoutError(self.name, self.elapsed(), self.limit) from None
+
+
+#: The seed's name.
+ExitTimeoutDetector = TimeoutDetector

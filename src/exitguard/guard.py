@@ -1,0 +1,670 @@
+"""ExitGuard: one call that exits a position within a hard deadline and never double-sells.
+
+The guard composes the primitives: a circuit breaker per venue (refusing fast, with
+fallback venues), the escalation ladder, the retry policy's bounds, the exit deadline,
+the state machine, and the trading halt. A confirmation timeout is an unknown outcome:
+the transaction is reconciled with ``venue.lookup`` before anything else is sent, and only
+the unfilled remainder is ever resubmitted. If the deadline passes while a submission may
+still land, the exit returns UNRESOLVED and reconciliation goes on in the background,
+reporting any late landing through the hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections import deque
+from collections.abc import Sequence
+
+from .breaker import BreakerState, CircuitBreaker, Permit
+from .clock import wall_time
+from .deadline import ExitDeadline
+from .errors import (
+    Classifier,
+    ErrorClass,
+    InvalidVenueResponse,
+    default_classifier,
+)
+from .hooks import (
+    AttemptInfo,
+    AttemptReport,
+    AttemptResult,
+    ExitInfo,
+    Hooks,
+    SafeHooks,
+    SafeObserver,
+    as_safe_hooks,
+)
+from .halt import HaltRecord, TradingHalt
+from .outcome import ExitOutcome, ExitStatus, exit_figures
+from .policy import ConfigError, EscalationLadder, RetryPolicy
+from .state_machine import ExitState, ExitStateMachine, TransitionRecord
+from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus, Venue
+
+_log = logging.getLogger("exitguard.guard")
+
+#: Sizes below this are dust: the position counts as closed.
+_DUST = 1e-9
+
+
+def venue_name(venue: object) -> str:
+    name = getattr(venue, "name", None)
+    return name if isinstance(name, str) and name else type(venue).__name__
+
+
+@dataclasses.dataclass(slots=True)
+class _Route:
+    venue: Venue
+    breaker: CircuitBreaker
+    name: str
+
+
+class ExitGuard:
+    """Bounded, escalating, observable exits against a Venue.
+
+    ``deadline`` (seconds) bounds the whole exit, reconciliation included; the policy's
+    ``total_timeout`` bounds the submission phase. Halts block entries (``check_entry``),
+    never exits. Pass ``halt=TradingHalt(...)`` to halt entries when a breaker trips.
+    """
+
+    def __init__(
+        self,
+        venue: Venue,
+        *,
+        policy: RetryPolicy | None = None,
+        deadline: float = 30.0,
+        ladder: EscalationLadder | None = None,
+        breaker: CircuitBreaker | None = None,
+        halt: TradingHalt | None = None,
+        classify: Classifier = default_classifier,
+        hooks: Hooks | Sequence[Hooks] | None = None,
+        name: str = "default",
+        fallback_venues: Sequence[Venue | tuple[Venue, CircuitBreaker]] = (),
+        reconcile_interval: float = 0.25,
+        max_reconcile_interval: float = 2.0,
+        background_reconcile_for: float = 600.0,
+    ) -> None:
+        for field, value in (
+            ("deadline", deadline),
+            ("reconcile_interval", reconcile_interval),
+            ("max_reconcile_interval", max_reconcile_interval),
+            ("background_reconcile_for", background_reconcile_for),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value > 0
+            ):
+                raise ConfigError("ExitGuard", field, "must be a finite number > 0", value)
+        if not name or not isinstance(name, str):
+            raise ConfigError("ExitGuard", "name", "must be a non-empty string", name)
+        self.name = name
+        self.policy = policy or RetryPolicy.exit_policy()
+        self.deadline = float(deadline)
+        self.ladder = ladder or EscalationLadder.default()
+        self.classify = classify
+        self.halt = halt
+        self.reconcile_interval = float(reconcile_interval)
+        self.max_reconcile_interval = max(float(max_reconcile_interval), self.reconcile_interval)
+        self.background_reconcile_for = float(background_reconcile_for)
+        self._hooks: SafeHooks | None = as_safe_hooks(hooks)
+        primary_breaker = breaker or CircuitBreaker(name=venue_name(venue))
+        self.breaker = primary_breaker
+        self._routes = [_Route(venue, primary_breaker, venue_name(venue))]
+        for item in fallback_venues:
+            if isinstance(item, tuple):
+                fallback, fallback_breaker = item
+            else:
+                fallback = item
+                fallback_breaker = primary_breaker.clone(venue_name(item))
+            self._routes.append(_Route(fallback, fallback_breaker, venue_name(fallback)))
+        seen: set[int] = set()
+        for route in self._routes:
+            if id(route.breaker) not in seen:
+                seen.add(id(route.breaker))
+                route.breaker.add_listener(self._on_breaker_transition)
+        if halt is not None:
+            halt.on_halt(self._on_halt)
+            halt.on_resume(self._on_resume)
+        self._background: set[asyncio.Task[None]] = set()
+        self.late_fills: deque[tuple[ExitInfo, Fill]] = deque(maxlen=1000)
+        self.in_flight = 0
+
+    # -- wiring -------------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> SafeHooks | None:
+        return self._hooks
+
+    def add_hooks(self, *hooks: Hooks) -> None:
+        """Attach more hooks (what ``exitguard.telemetry.instrument`` calls)."""
+        current = self._hooks.hooks if self._hooks is not None else ()
+        self._hooks = SafeHooks(*current, *hooks)
+
+    @property
+    def routes(self) -> tuple[tuple[str, CircuitBreaker], ...]:
+        return tuple((route.name, route.breaker) for route in self._routes)
+
+    def _on_breaker_transition(
+        self, breaker: str, old: BreakerState, new: BreakerState, reason: str
+    ) -> None:
+        if self._hooks is not None:
+            self._hooks.breaker_transition(self.name, breaker, old, new)
+        if new is BreakerState.OPEN and self.halt is not None:
+            self.halt.halt(f"circuit breaker {breaker} opened: {reason}")
+
+    def _on_halt(self, record: HaltRecord) -> None:
+        if self._hooks is not None:
+            self._hooks.halted(self.name, record)
+
+    def _on_resume(self, record: HaltRecord) -> None:
+        if self._hooks is not None:
+            self._hooks.resumed(self.name, record)
+
+    def check_entry(self) -> None:
+        """Raise TradingHalted while halted. Call before entries; exits are never halted."""
+        if self.halt is not None:
+            self.halt.check_entry()
+
+    # -- background reconciliation --------------------------------------------------------
+
+    @property
+    def reconciling(self) -> int:
+        """Background reconciliations still running."""
+        return len(self._background)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait for background reconciliation; True if all finished in time."""
+        if not self._background:
+            return True
+        _, pending = await asyncio.wait(set(self._background), timeout=timeout)
+        return not pending
+
+    async def aclose(self) -> None:
+        """Stop background reconciliation (it is logged as abandoned)."""
+        tasks = set(self._background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn_background(self, run: _ExitRun) -> None:
+        task = asyncio.get_running_loop().create_task(
+            run.reconcile_in_background(), name=f"exitguard-reconcile-{run.position.id}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the exit -------------------------------------------------------------------------
+
+    def _pick_route(self) -> tuple[_Route, Permit] | None:
+        for route in self._routes:
+            permit = route.breaker.allow()
+            if permit is not None:
+                return route, permit
+        return None
+
+    async def exit(
+        self, position: Position, *, signal_price: float, reason: str = "exit"
+    ) -> ExitOutcome:
+        """Exit ``position``; always returns an outcome for venue errors, within the deadline.
+
+        Bad input (not a Position, a non-finite or non-positive signal price) raises
+        ValueError before any venue call.
+        """
+        if not isinstance(position, Position):
+            raise TypeError(f"position must be an exitguard.Position, got {type(position)!r}")
+        if isinstance(signal_price, bool) or not isinstance(signal_price, int | float) or not (
+            math.isfinite(signal_price) and signal_price > 0
+        ):
+            raise ValueError(f"signal_price must be a finite number > 0, got {signal_price!r}")
+        if not (math.isfinite(position.size) and position.size > 0):
+            raise ValueError(f"position.size must be a finite number > 0, got {position.size!r}")
+        run = _ExitRun(self, position, float(signal_price), str(reason))
+        return await run.execute()
+
+
+class _ExitRun:
+    """The state of one exit. Lives only as long as the exit (and its reconciliation)."""
+
+    def __init__(self, guard: ExitGuard, position: Position, signal_price: float, reason: str):
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.guard = guard
+        self.policy = guard.policy
+        self.position = position
+        self.signal_price = signal_price
+        self.reason = reason
+        started = loop.time()
+        self.deadline = ExitDeadline(guard.deadline, started_at=started, clock=loop.time)
+        self.submission_deadline = started + min(self.policy.total_timeout, guard.deadline)
+        # Keep a little of the deadline for one reconciliation look-up after a timeout.
+        self.reserve = min(1.0, 0.1 * guard.deadline)
+        self.sm = ExitStateMachine(self.deadline, clock=loop.time)
+        self.info = ExitInfo(
+            guard.name, position, signal_price, reason, guard.deadline, started, wall_time()
+        )
+        self.observer: SafeObserver | None = None
+        self.fills: list[Fill] = []
+        self.remaining = position.size
+        self.attempts = 0
+        self.failed_attempts = 0
+        self.step_index = 0
+        self.tries_at_step: dict[int, int] = {}
+        self.pending: dict[str, tuple[Submission, ErrorClass]] = {}
+        self.last_error_class: ErrorClass | None = None
+        self.last_error: str | None = None
+        self.stop_reason: str | None = None
+        self.deadline_hit = False
+        self.last_attempt_at: float | None = None
+        self.last_price: float | None = None
+        self.route: _Route | None = None
+        self.permit: Permit | None = None
+        self.in_flight_submission: tuple[Submission, ErrorClass] | None = None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _to(self, state: ExitState, detail: str = "", tx_id: str | None = None) -> None:
+        record = self.sm.transition(state, detail=detail, tx_id=tx_id)
+        if self.observer is not None:
+            self.observer.transition(record)
+
+    def _report(
+        self,
+        attempt: AttemptInfo,
+        result: AttemptResult,
+        started: float,
+        *,
+        tx_id: str | None = None,
+        fill: Fill | None = None,
+        error_class: ErrorClass | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if self.observer is not None:
+            self.observer.attempt_finished(
+                AttemptReport(
+                    attempt, result, tx_id, fill, error_class,
+                    None if error is None else _describe(error),
+                    self.loop.time() - started,
+                )
+            )
+
+    def _fail_attempt(self, error_class: ErrorClass, error: BaseException | str | None) -> None:
+        self.failed_attempts += 1
+        self.last_error_class = error_class
+        self.last_error = None if error is None else _describe(error)
+        if not self.policy.is_retryable(error_class):
+            self.stop_reason = f"non-retryable error ({error_class})"
+        if error_class is ErrorClass.SLIPPAGE_EXCEEDED:
+            # Slippage wants the next rung now, not after the step's remaining tries.
+            self.step_index = min(self.step_index + 1, len(self.guard.ladder.steps) - 1)
+
+    def _add_fill(self, fill: Fill) -> None:
+        self.fills.append(fill)
+        self.remaining = max(0.0, self.remaining - fill.size)
+        if self.remaining <= _DUST * self.position.size:
+            self.remaining = 0.0
+
+    def _valid_fill(self, fill: object, order: ExitOrder) -> Fill:
+        if not isinstance(fill, Fill):
+            raise InvalidVenueResponse(f"expected a Fill, got {type(fill).__name__}")
+        size, price = fill.size, fill.price
+        if not (isinstance(size, int | float) and math.isfinite(size) and size > 0):
+            raise InvalidVenueResponse(f"fill size {size!r} is not a positive number")
+        if not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
+            raise InvalidVenueResponse(f"fill price {price!r} is not a positive number")
+        if size > order.size * (1 + 1e-9):
+            raise InvalidVenueResponse(f"fill size {size} exceeds the order size {order.size}")
+        return fill
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def execute(self) -> ExitOutcome:
+        guard = self.guard
+        hooks = guard._hooks
+        if hooks is not None:
+            self.observer = hooks.exit_started(self.info)
+        guard.in_flight += 1
+        try:
+            self._to(ExitState.EXIT_SIGNAL_RECEIVED, detail=self.reason)
+            picked = guard._pick_route()
+            if picked is None:
+                self._to(ExitState.EXIT_REFUSED, detail="every venue's circuit breaker is open")
+                return self._finish(ExitStatus.REFUSED, "circuit breaker open")
+            self.route, self.permit = picked
+            try:
+                status, why = await self._run(self.route.venue)
+            except asyncio.CancelledError:
+                self._finish_cancelled()
+                raise
+            except Exception as exc:  # a bug of ours or an unexpected venue object
+                _log.exception("exitguard: unexpected error during exit of %s", self.position.id)
+                status, why = self._give_up(f"internal error: {type(exc).__name__}")
+            return self._finish(status, why)
+        finally:
+            guard.in_flight -= 1
+
+    def _give_up(self, why: str) -> tuple[ExitStatus, str]:
+        if self.pending:
+            if self.sm.can_transition(ExitState.EXIT_UNRESOLVED):
+                self._to(ExitState.EXIT_UNRESOLVED, detail=why)
+            else:
+                self._to(ExitState.EXIT_FAILED, detail=why)
+            return ExitStatus.UNRESOLVED, why
+        if not self.sm.is_complete():
+            self._to(ExitState.EXIT_FAILED, detail=why)
+        return ExitStatus.FAILED, why
+
+    def _finish_cancelled(self) -> None:
+        if self.in_flight_submission is not None:
+            submission, cause = self.in_flight_submission
+            self.pending.setdefault(submission.tx_id, (submission, cause))
+        if not self.sm.is_complete():
+            status, why = self._give_up("cancelled")
+        else:
+            status, why = ExitStatus.FAILED, "cancelled"
+        self._finish(status, why)
+
+    def _finish(self, status: ExitStatus, why: str) -> ExitOutcome:
+        fills = tuple(self.fills)
+        filled, avg, slippage, amplification = exit_figures(
+            self.position, fills, self.signal_price
+        )
+        if status is ExitStatus.CLOSED:
+            error_class = None
+        else:
+            error_class = self.last_error_class
+        outcome = ExitOutcome(
+            status=status,
+            position=self.position,
+            guard=self.guard.name,
+            venue=None if self.route is None else self.route.name,
+            fills=fills,
+            filled_size=filled,
+            avg_price=avg,
+            attempts=self.attempts,
+            elapsed_s=self.loop.time() - self.info.started_at,
+            signal_price=self.signal_price,
+            slippage_bps=slippage,
+            loss_amplification=amplification,
+            error_class=error_class,
+            reason=why,
+            pending_tx_ids=tuple(self.pending),
+            history=self.sm.history,
+            deadline_exceeded=self.deadline_hit,
+        )
+        if self.route is not None:
+            breaker = self.route.breaker
+            if status is ExitStatus.CLOSED:
+                breaker.record_success(self.permit)
+            elif why == "cancelled":
+                breaker.release(self.permit)
+            else:
+                breaker.record_failure(self.permit)
+        if self.pending:
+            self.guard._spawn_background(self)
+        if self.observer is not None:
+            self.observer.exit_finished(outcome)
+        return outcome
+
+    # -- the submission loop --------------------------------------------------------------
+
+    async def _run(self, venue: Venue) -> tuple[ExitStatus, str]:
+        policy = self.policy
+        while True:
+            if self.pending:
+                await self._reconcile(venue)
+                if self.pending:
+                    self.deadline_hit = True
+                    self._to(
+                        ExitState.EXIT_UNRESOLVED,
+                        detail="deadline passed while a submission may still land",
+                    )
+                    return ExitStatus.UNRESOLVED, "deadline passed while a submission may land"
+            if self.remaining <= 0:
+                return ExitStatus.CLOSED, "closed"
+            if self.stop_reason is not None:
+                self._to(ExitState.EXIT_FAILED, detail=self.stop_reason)
+                return ExitStatus.FAILED, self.stop_reason
+            if self.failed_attempts >= policy.max_attempts:
+                why = f"max attempts ({policy.max_attempts}) reached"
+                self._to(ExitState.EXIT_FAILED, detail=why)
+                return ExitStatus.FAILED, why
+            now = self.loop.time()
+            room = self.submission_deadline - now - policy.min_attempt_time
+            if self.last_attempt_at is not None and self.failed_attempts:
+                wait = policy.backoff(self.failed_attempts) - (now - self.last_attempt_at)
+                if wait > 0:
+                    if wait >= room:  # sleeping would only lead to giving up: give up now
+                        room = 0.0
+                    else:
+                        if self.observer is not None:
+                            self.observer.backoff(wait)
+                        await asyncio.sleep(wait)
+                        room -= wait
+            if room <= 0:
+                self.deadline_hit = True
+                why = "exit deadline reached before the position closed"
+                self._to(ExitState.EXIT_FAILED, detail=why)
+                return ExitStatus.FAILED, why
+            await self._attempt(venue)
+
+    async def _quote(self, venue: Venue) -> float:
+        """A fresh reference price; a failed quote never blocks the exit."""
+        limit = max(0.0, min(self.policy.attempt_timeout, self.submission_deadline
+                             - self.loop.time()) / 2)
+        try:
+            async with asyncio.timeout(limit):
+                price = await venue.price(self.position)
+            if isinstance(price, int | float) and math.isfinite(price) and price > 0:
+                self.last_price = float(price)
+                return self.last_price
+            _log.warning("venue returned an invalid price %r; using the last known", price)
+        except Exception as exc:
+            _log.warning("price quote failed (%s); using the last known price", _describe(exc))
+        return self.last_price if self.last_price is not None else self.signal_price
+
+    async def _attempt(self, venue: Venue) -> None:
+        guard, policy, loop = self.guard, self.policy, self.loop
+        ladder = guard.ladder
+        self.step_index = max(self.step_index, ladder.step_index(self.failed_attempts))
+        if self.attempts and self.step_index not in self.tries_at_step:
+            self._to(ExitState.ESCALATED, detail=f"ladder step {self.step_index}")
+        if self.attempts and self.last_error_class is not None and self.observer is not None:
+            self.observer.retry(self.last_error_class, self.attempts + 1)
+        reference = await self._quote(venue)
+        self.attempts += 1
+        tries = self.tries_at_step.get(self.step_index, 0)
+        self.tries_at_step[self.step_index] = tries + 1
+        order = ladder.order(
+            self.position, size=self.remaining, reference_price=reference,
+            attempt=self.attempts, step_index=self.step_index, tries_at_step=tries,
+        )
+        order = dataclasses.replace(order, valid_for=policy.attempt_timeout)
+        attempt = AttemptInfo(self.attempts, order, self.step_index, self.route.name
+                              if self.route else venue_name(venue))
+        if self.observer is not None:
+            self.observer.attempt_started(attempt)
+        started = loop.time()
+        self.last_attempt_at = started
+
+        submit_limit = max(0.0, min(policy.attempt_timeout, self.deadline.expires_at - started))
+        try:
+            async with asyncio.timeout(submit_limit):
+                submission = await venue.submit(order)
+            if not isinstance(submission, Submission) or not submission.tx_id:
+                raise InvalidVenueResponse(f"submit returned {type(submission).__name__}")
+        except Exception as exc:
+            error_class = self.guard.classify(exc) if not isinstance(exc, TimeoutError) else (
+                ErrorClass.RPC_TIMEOUT
+            )
+            self._fail_attempt(error_class, exc)
+            self._to(ExitState.SUBMISSION_FAILED, detail=f"send failed: {error_class}")
+            self._report(attempt, AttemptResult.SEND_FAILED, started,
+                         error_class=error_class, error=exc)
+            return
+
+        tx_id = submission.tx_id
+        self.sm.add_pending(tx_id)
+        self.in_flight_submission = (submission, ErrorClass.RPC_TIMEOUT)
+        self._to(ExitState.SUBMITTED, detail=f"{order.mode} {order.max_slippage_bps}bps",
+                 tx_id=tx_id)
+        left = self.deadline.expires_at - loop.time()
+        confirm_limit = max(0.0, min(policy.attempt_timeout, left - self.reserve))
+        try:
+            async with asyncio.timeout(confirm_limit):
+                raw = await venue.confirm(submission)
+            fill = self._valid_fill(raw, order)
+        except Exception as exc:
+            self.in_flight_submission = None
+            error_class = (
+                ErrorClass.RPC_TIMEOUT if isinstance(exc, TimeoutError)
+                else self.guard.classify(exc)
+            )
+            if error_class in _DID_NOT_LAND:
+                self.sm.resolve_pending(tx_id)
+                self._fail_attempt(error_class, exc)
+                self._to(ExitState.SUBMISSION_FAILED, detail=str(error_class), tx_id=tx_id)
+                result = (AttemptResult.EXPIRED if error_class is ErrorClass.TX_EXPIRED
+                          else AttemptResult.REJECTED)
+                self._report(attempt, result, started, tx_id=tx_id,
+                             error_class=error_class, error=exc)
+                return
+            # Outcome unknown: it may still land. Reconcile before sending anything else.
+            self.pending[tx_id] = (submission, error_class)
+            self.last_error_class = error_class
+            self._to(ExitState.CONFIRMATION_TIMEOUT, detail=str(error_class), tx_id=tx_id)
+            self._report(attempt, AttemptResult.TIMEOUT, started, tx_id=tx_id,
+                         error_class=error_class, error=exc)
+            return
+        self.in_flight_submission = None
+        self.sm.resolve_pending(tx_id)
+        self._add_fill(fill)
+        if self.remaining <= 0:
+            self._to(ExitState.POSITION_CLOSED, tx_id=tx_id)
+            self._report(attempt, AttemptResult.FILLED, started, tx_id=tx_id, fill=fill)
+        else:
+            self._to(ExitState.PARTIALLY_FILLED, detail=f"{self.remaining:g} left", tx_id=tx_id)
+            self._report(attempt, AttemptResult.PARTIAL, started, tx_id=tx_id, fill=fill)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def _lookup(self, venue: Venue, submission: Submission, limit: float) -> Lookup | None:
+        try:
+            async with asyncio.timeout(max(0.0, limit)):
+                lookup = await venue.lookup(submission)
+        except Exception as exc:
+            _log.warning("lookup of %s failed: %s", submission.tx_id, _describe(exc))
+            return None
+        if not isinstance(lookup, Lookup) or not isinstance(lookup.status, TxStatus):
+            _log.warning("lookup of %s returned garbage (%r)", submission.tx_id, lookup)
+            return None
+        if lookup.status is TxStatus.LANDED:
+            try:
+                self._valid_fill(lookup.fill, submission.order)
+            except InvalidVenueResponse as exc:
+                _log.warning("lookup of %s: %s; still unknown", submission.tx_id, exc)
+                return None
+        return lookup
+
+    async def _reconcile(self, venue: Venue) -> None:
+        """Resolve pending submissions within the exit deadline."""
+        if self.sm.current is ExitState.CONFIRMATION_TIMEOUT:
+            self._to(ExitState.RECONCILING)
+        interval = self.guard.reconcile_interval
+        while self.pending:
+            for tx_id, (submission, cause) in list(self.pending.items()):
+                left = self.deadline.expires_at - self.loop.time()
+                if left <= 0:
+                    return
+                lookup = await self._lookup(venue, submission,
+                                            min(self.policy.attempt_timeout, left))
+                if lookup is None:
+                    continue
+                if self.observer is not None:
+                    self.observer.reconciled(tx_id, lookup.status)
+                if lookup.status is TxStatus.PENDING:
+                    continue
+                del self.pending[tx_id]
+                self.sm.resolve_pending(tx_id)
+                if lookup.status is TxStatus.LANDED and lookup.fill is not None:
+                    self._add_fill(lookup.fill)
+                    if self.remaining <= 0:
+                        self._to(ExitState.POSITION_CLOSED, detail="landed", tx_id=tx_id)
+                    else:
+                        self._to(ExitState.PARTIALLY_FILLED, detail="landed", tx_id=tx_id)
+                else:
+                    self._fail_attempt(cause, f"{tx_id} {lookup.status}")
+                    self._to(ExitState.SUBMISSION_FAILED, detail=str(lookup.status),
+                             tx_id=tx_id)
+            if not self.pending:
+                return
+            left = self.deadline.expires_at - self.loop.time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(interval, left))
+            interval = min(interval * 2, self.guard.max_reconcile_interval)
+
+    async def reconcile_in_background(self) -> None:
+        """After an UNRESOLVED exit: keep asking until every submission resolves."""
+        route = self.route
+        if route is None:
+            return
+        hooks = self.guard._hooks
+        until = self.loop.time() + self.guard.background_reconcile_for
+        interval = self.guard.reconcile_interval
+        pending = dict(self.pending)
+        try:
+            while pending:
+                for tx_id, (submission, _cause) in list(pending.items()):
+                    left = until - self.loop.time()
+                    lookup = await self._lookup(route.venue, submission,
+                                                min(self.policy.attempt_timeout, left))
+                    if lookup is None or lookup.status is TxStatus.PENDING:
+                        continue
+                    del pending[tx_id]
+                    if lookup.status is TxStatus.LANDED and lookup.fill is not None:
+                        _log.error(
+                            "late fill: %s of exit %s landed after the exit ended (%g @ %g)",
+                            tx_id, self.position.id, lookup.fill.size, lookup.fill.price,
+                        )
+                        self.guard.late_fills.append((self.info, lookup.fill))
+                        if hooks is not None:
+                            hooks.late_fill(self.info, lookup.fill)
+                    if hooks is not None:
+                        hooks.pending_resolved(self.info, tx_id, lookup.status)
+                if not pending:
+                    return
+                left = until - self.loop.time()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(interval, left))
+                interval = min(interval * 2, self.guard.max_reconcile_interval)
+            _log.error(
+                "gave up reconciling %s of exit %s after %gs: check them by hand",
+                ", ".join(pending), self.position.id, self.guard.background_reconcile_for,
+            )
+        except asyncio.CancelledError:
+            _log.error("reconciliation of %s abandoned (guard closed)", ", ".join(pending))
+            raise
+        finally:
+            if hooks is not None:
+                for tx_id in pending:
+                    hooks.pending_resolved(self.info, tx_id, TxStatus.PENDING)
+
+
+#: Errors after which the transaction certainly did not land.
+_DID_NOT_LAND = frozenset(
+    {ErrorClass.TX_EXPIRED, ErrorClass.SLIPPAGE_EXCEEDED, ErrorClass.INSUFFICIENT_BALANCE,
+     ErrorClass.INVALID_ACCOUNT}
+)
+
+
+def _describe(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+__all__ = ["ExitGuard", "ExitOutcome", "ExitStatus", "TransitionRecord", "venue_name"]

@@ -1,0 +1,219 @@
+"""A reduce-only trading halt with an approved, audited resume and a persistent store.
+
+A halt blocks new entries (``check_entry`` raises) and never exits. It survives a restart:
+the file store writes atomically (temp file, fsync, rename), and a file that cannot be read
+means "halted", never "trading allowed". Resume needs an approver from a configured list and
+is recorded (who, when, why) in the audit history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .clock import wall_time
+from .errors import HaltResumeError, HaltStoreError, TradingHalted
+
+_log = logging.getLogger("exitguard.halt")
+
+
+@dataclass(frozen=True, slots=True)
+class HaltRecord:
+    """One audit entry: a halt (actor = what halted it) or a resume (actor = the approver)."""
+
+    halted: bool
+    reason: str
+    actor: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HaltSnapshot:
+    halted: bool
+    reason: str
+    history: tuple[HaltRecord, ...]
+
+
+class HaltStore(Protocol):
+    def load(self) -> HaltSnapshot | None: ...
+    def save(self, snapshot: HaltSnapshot) -> None: ...
+
+
+class MemoryHaltStore:
+    """Keeps the halt in memory only (tests, or bots that accept losing it on restart)."""
+
+    def __init__(self) -> None:
+        self.snapshot: HaltSnapshot | None = None
+
+    def load(self) -> HaltSnapshot | None:
+        return self.snapshot
+
+    def save(self, snapshot: HaltSnapshot) -> None:
+        self.snapshot = snapshot
+
+
+class FileHaltStore:
+    """A JSON file, written atomically. A missing file means "never halted"."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> HaltSnapshot | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise HaltStoreError(f"cannot read halt file {self.path}: {exc.strerror}") from exc
+        try:
+            data: Any = json.loads(text)
+            history = tuple(
+                HaltRecord(bool(r["halted"]), str(r["reason"]), str(r["actor"]), float(r["at"]))
+                for r in data["history"]
+            )
+            halted = data["halted"]
+            if not isinstance(halted, bool):
+                raise TypeError("halted is not a boolean")
+            return HaltSnapshot(halted, str(data["reason"]), history)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HaltStoreError(f"halt file {self.path} is corrupt: {exc}") from exc
+
+    def save(self, snapshot: HaltSnapshot) -> None:
+        payload = {
+            "halted": snapshot.halted,
+            "reason": snapshot.reason,
+            "history": [asdict(record) for record in snapshot.history],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+HaltListener = Callable[[HaltRecord], None]
+
+
+class TradingHalt:
+    """The system-wide, reduce-only halt (the seed's TradingHaltCoordinator)."""
+
+    def __init__(
+        self,
+        approvers: Iterable[str] = (),
+        *,
+        store: HaltStore | None = None,
+        name: str = "default",
+    ) -> None:
+        self.name = name
+        self.approvers = frozenset(a for a in approvers if a)
+        self.store: HaltStore = store if store is not None else MemoryHaltStore()
+        self._lock = threading.Lock()
+        self._halt_listeners: list[HaltListener] = []
+        self._resume_listeners: list[HaltListener] = []
+        self.store_error: str | None = None
+        try:
+            snapshot = self.store.load()
+        except HaltStoreError as exc:
+            # Unknown state must fail safe: halted until a human resumes.
+            _log.error("%s; trading stays halted until an approved resume", exc)
+            self.store_error = str(exc)
+            record = HaltRecord(True, str(exc), "halt_store", wall_time())
+            snapshot = HaltSnapshot(True, str(exc), (record,))
+        self._halted = snapshot.halted if snapshot else False
+        self._reason = snapshot.reason if snapshot else ""
+        self._history: list[HaltRecord] = list(snapshot.history) if snapshot else []
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], approvers: Iterable[str] = (), *,
+                  name: str = "default") -> TradingHalt:
+        return cls(approvers, store=FileHaltStore(path), name=name)
+
+    def on_halt(self, listener: HaltListener) -> None:
+        self._halt_listeners.append(listener)
+
+    def on_resume(self, listener: HaltListener) -> None:
+        self._resume_listeners.append(listener)
+
+    @property
+    def is_halted(self) -> bool:
+        return self._halted
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason if self._halted else None
+
+    @property
+    def history(self) -> tuple[HaltRecord, ...]:
+        return tuple(self._history)
+
+    def check_entry(self) -> None:
+        """Raise TradingHalted while halted. Call before opening a position, never before exits."""
+        if self._halted:
+            raise TradingHalted(self._reason)
+
+    def halt(self, reason: str, *, actor: str = "circuit_breaker") -> bool:
+        """Halt new entries; True if this call halted (False if already halted)."""
+        with self._lock:
+            if self._halted:
+                return False
+            record = HaltRecord(True, reason, actor, wall_time())
+            self._halted, self._reason = True, reason
+            self._history.append(record)
+            self._persist()
+        _log.error("TRADING HALTED (reduce-only: exits continue): %s", reason)
+        self._notify(self._halt_listeners, record)
+        return True
+
+    def resume(self, approver: str, reason: str) -> HaltRecord:
+        """Resume trading; the approver must be on the list. Recorded in the audit history."""
+        with self._lock:
+            if not self.approvers:
+                raise HaltResumeError("resume refused: no approvers are configured")
+            if approver not in self.approvers:
+                raise HaltResumeError(f"resume refused: {approver!r} is not an approver")
+            if not reason or not reason.strip():
+                raise HaltResumeError("resume refused: a reason is required")
+            if not self._halted:
+                raise HaltResumeError("resume refused: trading is not halted")
+            record = HaltRecord(False, reason, approver, wall_time())
+            self._halted, self._reason = False, ""
+            self._history.append(record)
+            self._persist()
+        _log.warning("trading resumed by %s: %s", approver, reason)
+        self._notify(self._resume_listeners, record)
+        return record
+
+    def _persist(self) -> None:
+        try:
+            self.store.save(HaltSnapshot(self._halted, self._reason, tuple(self._history)))
+            self.store_error = None
+        except OSError as exc:
+            # The in-memory state stands (a halt is never lost while the process lives);
+            # a resume that cannot be persisted comes back as a halt after a restart: safe.
+            self.store_error = f"cannot write halt store: {exc.strerror or exc}"
+            _log.error("%s; state kept in memory", self.store_error)
+
+    @staticmethod
+    def _notify(listeners: list[HaltListener], record: HaltRecord) -> None:
+        for listener in tuple(listeners):
+            try:
+                listener(record)
+            except Exception:
+                _log.exception("halt listener raised; ignored")
+
+
+#: The seed's name.
+TradingHaltCoordinator = TradingHalt

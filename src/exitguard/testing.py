@@ -1,0 +1,236 @@
+"""Helpers for testing code that uses exitguard (and for exitguard's own tests).
+
+``run_virtual`` runs a coroutine in virtual time; ``ScriptedVenue`` is an in-memory venue
+whose every submission follows a ``TxPlan`` (send failure, slow or hanging confirmation,
+late landing, expiry, partial fill) and which keeps the ground truth, so a test can assert
+what was really sold and that nothing was sent while an earlier order could still land.
+``RecordingHooks`` captures every hook event in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .breaker import BreakerState
+from .errors import ErrorClass, TxExpired
+from .halt import HaltRecord
+from .hooks import AttemptInfo, AttemptReport, ExitInfo, NoopHooks
+from .outcome import ExitOutcome
+from .state_machine import TransitionRecord
+from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
+from .vtime import VirtualTimeLoop, run_virtual
+
+__all__ = [
+    "RecordingHooks",
+    "ScriptedVenue",
+    "SentTx",
+    "TxPlan",
+    "VirtualTimeLoop",
+    "run_virtual",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TxPlan:
+    """What happens to one submission. Times are seconds after it was sent.
+
+    ``lands_after`` None means it never lands; a landing at or after ``expires_after`` cannot
+    happen (the transaction expired first). ``confirm_after`` is when ``confirm`` answers:
+    with the fill if it has landed by then, else with ``confirm_error`` (default: the
+    transaction's expiry, as a venue that watched it expire would say). ``hang`` makes
+    ``confirm`` never answer.
+    """
+
+    send_error: BaseException | None = None
+    confirm_after: float = 0.05
+    confirm_error: BaseException | None = None
+    hang: bool = False
+    lands_after: float | None = 0.05
+    expires_after: float = 10.0
+    fill_fraction: float = 1.0
+    price: float | None = None
+    lookup_error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class SentTx:
+    tx_id: str
+    order: ExitOrder
+    plan: TxPlan
+    sent_at: float
+
+    @property
+    def lands_at(self) -> float | None:
+        if self.plan.lands_after is None or self.plan.lands_after >= self.plan.expires_after:
+            return None
+        return self.sent_at + self.plan.lands_after
+
+    @property
+    def expires_at(self) -> float:
+        return self.sent_at + self.plan.expires_after
+
+    def landed_by(self, now: float) -> bool:
+        lands_at = self.lands_at
+        return lands_at is not None and now >= lands_at
+
+    def live_at(self, now: float) -> bool:
+        """It could still land (as far as anyone outside the venue can know): not landed,
+        not expired."""
+        return not self.landed_by(now) and now < self.expires_at
+
+
+class ScriptedVenue:
+    """An in-memory venue that follows a plan per submission and keeps the ground truth."""
+
+    def __init__(
+        self,
+        plans: Sequence[TxPlan] | Callable[[int], TxPlan] = (),
+        *,
+        price: float | Callable[[float], float] = 100.0,
+        default: TxPlan | None = None,
+        name: str = "scripted",
+        price_error: BaseException | None = None,
+    ) -> None:
+        self._plans = plans
+        self._price = price
+        self._default = default or TxPlan()
+        self.name = name
+        self.price_error = price_error
+        self.sent: list[SentTx] = []
+        self.submit_calls = 0
+        self.violations: list[str] = []
+        self._ids = itertools.count(1)
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def market_price(self, at: float | None = None) -> float:
+        when = self._now() if at is None else at
+        return self._price(when) if callable(self._price) else float(self._price)
+
+    def _plan(self, index: int) -> TxPlan:
+        if callable(self._plans):
+            return self._plans(index)
+        return self._plans[index] if index < len(self._plans) else self._default
+
+    async def price(self, position: Position) -> float:
+        if self.price_error is not None:
+            raise self.price_error
+        return self.market_price()
+
+    async def submit(self, order: ExitOrder) -> Submission:
+        index = self.submit_calls
+        self.submit_calls += 1
+        plan = self._plan(index)
+        now = self._now()
+        live = [tx.tx_id for tx in self.sent if tx.live_at(now)]
+        if plan.send_error is not None:
+            raise plan.send_error
+        if live:
+            self.violations.append(f"{order.attempt}: sent while {live} could still land")
+        tx = SentTx(f"tx{next(self._ids)}", order, plan, now)
+        self.sent.append(tx)
+        return Submission(tx.tx_id, order, tx.expires_at)
+
+    def _tx(self, submission: Submission) -> SentTx:
+        return next(tx for tx in self.sent if tx.tx_id == submission.tx_id)
+
+    def _fill(self, tx: SentTx) -> Fill:
+        lands_at = tx.lands_at
+        assert lands_at is not None
+        price = tx.plan.price if tx.plan.price is not None else self.market_price(lands_at)
+        return Fill(tx.tx_id, tx.order.size * tx.plan.fill_fraction, price)
+
+    async def confirm(self, submission: Submission) -> Fill:
+        tx = self._tx(submission)
+        if tx.plan.hang:
+            await asyncio.Event().wait()
+        await asyncio.sleep(max(0.0, tx.sent_at + tx.plan.confirm_after - self._now()))
+        if tx.plan.confirm_error is not None:
+            raise tx.plan.confirm_error
+        if tx.landed_by(self._now()):
+            return self._fill(tx)
+        raise TxExpired(f"{tx.tx_id} not landed by confirmation time")
+
+    async def lookup(self, submission: Submission) -> Lookup:
+        tx = self._tx(submission)
+        if tx.plan.lookup_error is not None:
+            raise tx.plan.lookup_error
+        now = self._now()
+        if tx.landed_by(now):
+            return Lookup(TxStatus.LANDED, self._fill(tx))
+        if now >= tx.expires_at:
+            return Lookup(TxStatus.EXPIRED)
+        return Lookup(TxStatus.PENDING)
+
+    # -- ground truth -----------------------------------------------------------------
+
+    def sold_size(self, at: float | None = None) -> float:
+        """What has really been sold by ``at`` (default: now)."""
+        now = self._now() if at is None else at
+        return sum(self._fill(tx).size for tx in self.sent if tx.landed_by(now))
+
+    def sold_eventually(self) -> float:
+        """What will have been sold once every submission has resolved."""
+        return sum(self._fill(tx).size for tx in self.sent if tx.lands_at is not None)
+
+
+@dataclass
+class RecordingHooks(NoopHooks):
+    """Records every hook event as (event name, payload) tuples, in order."""
+
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.events]
+
+    def exit_started(self, exit: ExitInfo) -> _RecordingObserver:
+        self.events.append(("exit_started", exit))
+        return _RecordingObserver(self.events)
+
+    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
+        self.events.append(("pending_resolved", (tx_id, status)))
+
+    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
+        self.events.append(("late_fill", fill))
+
+    def breaker_transition(
+        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
+    ) -> None:
+        self.events.append(("breaker_transition", (breaker, old, new)))
+
+    def halted(self, guard: str, record: HaltRecord) -> None:
+        self.events.append(("halted", record))
+
+    def resumed(self, guard: str, record: HaltRecord) -> None:
+        self.events.append(("resumed", record))
+
+
+@dataclass
+class _RecordingObserver:
+    events: list[tuple[str, Any]]
+
+    def attempt_started(self, attempt: AttemptInfo) -> None:
+        self.events.append(("attempt_started", attempt))
+
+    def attempt_finished(self, report: AttemptReport) -> None:
+        self.events.append(("attempt_finished", report))
+
+    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
+        self.events.append(("retry", (error_class, next_attempt)))
+
+    def backoff(self, delay_s: float) -> None:
+        self.events.append(("backoff", delay_s))
+
+    def transition(self, record: TransitionRecord) -> None:
+        self.events.append(("transition", record))
+
+    def reconciled(self, tx_id: str, status: TxStatus) -> None:
+        self.events.append(("reconciled", (tx_id, status)))
+
+    def exit_finished(self, outcome: ExitOutcome) -> None:
+        self.events.append(("exit_finished", outcome))
