@@ -27,6 +27,7 @@ from .errors import (
     InvalidVenueResponse,
     default_classifier,
 )
+from .halt import HaltRecord, TradingHalt
 from .hooks import (
     AttemptInfo,
     AttemptReport,
@@ -37,7 +38,6 @@ from .hooks import (
     SafeObserver,
     as_safe_hooks,
 )
-from .halt import HaltRecord, TradingHalt
 from .outcome import ExitOutcome, ExitStatus, exit_figures
 from .policy import ConfigError, EscalationLadder, RetryPolicy
 from .state_machine import ExitState, ExitStateMachine, TransitionRecord
@@ -249,6 +249,7 @@ class _ExitRun:
         self.remaining = position.size
         self.attempts = 0
         self.failed_attempts = 0
+        self.ladder_failures = 0  # failures that say the order itself was inadequate
         self.step_index = 0
         self.tries_at_step: dict[int, int] = {}
         self.pending: dict[str, tuple[Submission, ErrorClass]] = {}
@@ -289,8 +290,12 @@ class _ExitRun:
                 )
             )
 
-    def _fail_attempt(self, error_class: ErrorClass, error: BaseException | str | None) -> None:
+    def _fail_attempt(
+        self, error_class: ErrorClass, error: BaseException | str | None, *, sent: bool = True
+    ) -> None:
         self.failed_attempts += 1
+        if sent:  # an order that never left is retried as it was: the ladder stays put
+            self.ladder_failures += 1
         self.last_error_class = error_class
         self.last_error = None if error is None else _describe(error)
         if not self.policy.is_retryable(error_class):
@@ -370,10 +375,7 @@ class _ExitRun:
         filled, avg, slippage, amplification = exit_figures(
             self.position, fills, self.signal_price
         )
-        if status is ExitStatus.CLOSED:
-            error_class = None
-        else:
-            error_class = self.last_error_class
+        error_class = None if status is ExitStatus.CLOSED else self.last_error_class
         outcome = ExitOutcome(
             status=status,
             position=self.position,
@@ -467,7 +469,7 @@ class _ExitRun:
     async def _attempt(self, venue: Venue) -> None:
         guard, policy, loop = self.guard, self.policy, self.loop
         ladder = guard.ladder
-        self.step_index = max(self.step_index, ladder.step_index(self.failed_attempts))
+        self.step_index = max(self.step_index, ladder.step_index(self.ladder_failures))
         if self.attempts and self.step_index not in self.tries_at_step:
             self._to(ExitState.ESCALATED, detail=f"ladder step {self.step_index}")
         if self.attempts and self.last_error_class is not None and self.observer is not None:
@@ -498,7 +500,7 @@ class _ExitRun:
             error_class = self.guard.classify(exc) if not isinstance(exc, TimeoutError) else (
                 ErrorClass.RPC_TIMEOUT
             )
-            self._fail_attempt(error_class, exc)
+            self._fail_attempt(error_class, exc, sent=False)
             self._to(ExitState.SUBMISSION_FAILED, detail=f"send failed: {error_class}")
             self._report(attempt, AttemptResult.SEND_FAILED, started,
                          error_class=error_class, error=exc)

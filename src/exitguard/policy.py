@@ -138,7 +138,9 @@ class EscalationStep:
             raise ConfigError(owner, "mode", "must be an OrderMode", self.mode)
         _whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
         if self.max_slippage_bps >= 10_000:
-            raise ConfigError(owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps)
+            raise ConfigError(
+                owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps
+            )
         if self.priority_fee is not None:
             _whole(owner, "priority_fee", self.priority_fee, 0)
         _whole(owner, "attempts", self.attempts, 1)
@@ -173,7 +175,9 @@ class EscalationLadder:
             _whole(owner, "max_priority_fee", self.max_priority_fee, 0)
         _whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
         if self.max_slippage_bps >= 10_000:
-            raise ConfigError(owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps)
+            raise ConfigError(
+                owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps
+            )
 
     @classmethod
     def default(cls) -> EscalationLadder:

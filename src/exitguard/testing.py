@@ -39,10 +39,10 @@ class TxPlan:
     """What happens to one submission. Times are seconds after it was sent.
 
     ``lands_after`` None means it never lands; a landing at or after ``expires_after`` cannot
-    happen (the transaction expired first). ``confirm_after`` is when ``confirm`` answers:
-    with the fill if it has landed by then, else with ``confirm_error`` (default: the
-    transaction's expiry, as a venue that watched it expire would say). ``hang`` makes
-    ``confirm`` never answer.
+    happen (the transaction expired first). ``confirm`` raises ``confirm_error`` at
+    ``confirm_after`` if one is planned, else answers when the transaction lands (the fill)
+    or expires (TxExpired), like a venue that watches it. ``hang`` makes ``confirm`` never
+    answer.
     """
 
     send_error: BaseException | None = None
@@ -78,9 +78,9 @@ class SentTx:
         return lands_at is not None and now >= lands_at
 
     def live_at(self, now: float) -> bool:
-        """It could still land (as far as anyone outside the venue can know): not landed,
-        not expired."""
-        return not self.landed_by(now) and now < self.expires_at
+        """It has not landed yet but will: sending more now risks selling twice."""
+        lands_at = self.lands_at
+        return lands_at is not None and now < lands_at
 
 
 class ScriptedVenue:
@@ -127,11 +127,16 @@ class ScriptedVenue:
         self.submit_calls += 1
         plan = self._plan(index)
         now = self._now()
-        live = [tx.tx_id for tx in self.sent if tx.live_at(now)]
+        live = [
+            tx.tx_id for tx in self.sent
+            if tx.order.position.id == order.position.id and tx.live_at(now)
+        ]
         if plan.send_error is not None:
             raise plan.send_error
         if live:
-            self.violations.append(f"{order.attempt}: sent while {live} could still land")
+            self.violations.append(
+                f"{order.position.id} attempt {order.attempt}: sent while {live} could still land"
+            )
         tx = SentTx(f"tx{next(self._ids)}", order, plan, now)
         self.sent.append(tx)
         return Submission(tx.tx_id, order, tx.expires_at)
@@ -146,15 +151,20 @@ class ScriptedVenue:
         return Fill(tx.tx_id, tx.order.size * tx.plan.fill_fraction, price)
 
     async def confirm(self, submission: Submission) -> Fill:
+        """Answers at ``confirm_after`` with the planned error, else when the transaction
+        lands (with the fill) or expires (TxExpired), whichever the truth says."""
         tx = self._tx(submission)
         if tx.plan.hang:
             await asyncio.Event().wait()
         await asyncio.sleep(max(0.0, tx.sent_at + tx.plan.confirm_after - self._now()))
         if tx.plan.confirm_error is not None:
             raise tx.plan.confirm_error
-        if tx.landed_by(self._now()):
+        lands_at = tx.lands_at
+        await asyncio.sleep(max(0.0, (lands_at if lands_at is not None else tx.expires_at)
+                                - self._now()))
+        if lands_at is not None:
             return self._fill(tx)
-        raise TxExpired(f"{tx.tx_id} not landed by confirmation time")
+        raise TxExpired(f"{tx.tx_id} expired")
 
     async def lookup(self, submission: Submission) -> Lookup:
         tx = self._tx(submission)
@@ -169,14 +179,21 @@ class ScriptedVenue:
 
     # -- ground truth -----------------------------------------------------------------
 
-    def sold_size(self, at: float | None = None) -> float:
+    def sold_size(self, at: float | None = None, position_id: str | None = None) -> float:
         """What has really been sold by ``at`` (default: now)."""
         now = self._now() if at is None else at
-        return sum(self._fill(tx).size for tx in self.sent if tx.landed_by(now))
+        return sum(
+            self._fill(tx).size for tx in self._of(position_id) if tx.landed_by(now)
+        )
 
-    def sold_eventually(self) -> float:
+    def sold_eventually(self, position_id: str | None = None) -> float:
         """What will have been sold once every submission has resolved."""
-        return sum(self._fill(tx).size for tx in self.sent if tx.lands_at is not None)
+        return sum(self._fill(tx).size for tx in self._of(position_id) if tx.lands_at is not None)
+
+    def _of(self, position_id: str | None) -> list[SentTx]:
+        if position_id is None:
+            return self.sent
+        return [tx for tx in self.sent if tx.order.position.id == position_id]
 
 
 @dataclass
