@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .clock import Clock, loop_time
+from .errors import ConfigError
 
 _log = logging.getLogger("exitguard.breaker")
 
@@ -68,22 +69,25 @@ class CircuitBreaker:
         min_calls: int = 10,
         clock: Clock = loop_time,
     ) -> None:
-        def bad(field: str, problem: str, value: object) -> ValueError:
-            return ValueError(f"CircuitBreaker.{field} {problem}, got {value!r}")
+        def bad(field: str, problem: str, value: object) -> ConfigError:
+            return ConfigError("CircuitBreaker", field, problem, value)
+
+        def is_number(value: object) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool)
 
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or (
             failure_threshold < 1
         ):
             raise bad("failure_threshold", "must be an integer >= 1", failure_threshold)
-        if not (isinstance(cooldown, int | float) and math.isfinite(cooldown) and cooldown > 0):
+        if not (is_number(cooldown) and math.isfinite(cooldown) and cooldown > 0):
             raise bad("cooldown", "must be a finite number > 0", cooldown)
         if isinstance(half_open_probes, bool) or not isinstance(half_open_probes, int) or (
             half_open_probes < 1
         ):
             raise bad("half_open_probes", "must be an integer >= 1", half_open_probes)
-        if failure_rate is not None and not (0 < failure_rate <= 1):
-            raise bad("failure_rate", "must be in (0, 1]", failure_rate)
-        if not (isinstance(window, int | float) and math.isfinite(window) and window > 0):
+        if failure_rate is not None and not (is_number(failure_rate) and 0 < failure_rate <= 1):
+            raise bad("failure_rate", "must be a number in (0, 1]", failure_rate)
+        if not (is_number(window) and math.isfinite(window) and window > 0):
             raise bad("window", "must be a finite number > 0", window)
         if isinstance(min_calls, bool) or not isinstance(min_calls, int) or min_calls < 1:
             raise bad("min_calls", "must be an integer >= 1", min_calls)
@@ -143,6 +147,10 @@ class CircuitBreaker:
             self._opened_at = self._clock()
         if new is not BreakerState.HALF_OPEN:
             self._probes_in_flight = 0
+        if new is BreakerState.CLOSED:
+            # A recovered breaker starts a fresh failure-rate window: the failures that
+            # opened it must not re-open it on the next single failure.
+            self._calls.clear()
         return old, new, reason
 
     def _notify(self, event: tuple[BreakerState, BreakerState, str] | None) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import asyncio
-
 from .clock import Clock, loop_time
-from .errors import ExitDeadlineExceeded, ExitTimeoutError
+from .errors import ConfigError, ExitDeadlineExceeded, ExitTimeoutError
 
 _T = TypeVar("_T")
 
@@ -29,7 +28,13 @@ class ExitDeadline:
         if isinstance(window, bool) or not isinstance(window, int | float) or not (
             window > 0 and math.isfinite(window)
         ):
-            raise ValueError(f"ExitDeadline.window must be a finite number > 0, got {window!r}")
+            raise ConfigError("ExitDeadline", "window", "must be a finite number > 0", window)
+        if started_at is not None and (
+            isinstance(started_at, bool)
+            or not isinstance(started_at, int | float)
+            or not math.isfinite(started_at)
+        ):
+            raise ConfigError("ExitDeadline", "started_at", "must be a finite number", started_at)
         self._clock = clock
         self.window = float(window)
         self.started_at = clock() if started_at is None else started_at
@@ -82,7 +87,7 @@ class TimeoutDetector:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(
             timeout
         ) or timeout < 0:
-            raise ValueError(f"TimeoutDetector.timeout must be a number >= 0, got {timeout!r}")
+            raise ConfigError("TimeoutDetector", "timeout", "must be a number >= 0", timeout)
         self.name = name
         self.timeout = float(timeout)
         self.deadline = deadline
@@ -107,12 +112,13 @@ class TimeoutDetector:
 
     async def run(self, awaitable: Awaitable[_T]) -> _T:
         """Await with the remaining limit; cancel the operation and raise on expiry."""
+        bound = asyncio.timeout(self.remaining())
         try:
-            async with asyncio.timeout(self.remaining()):
+            async with bound:
                 return await awaitable
-        except TimeoutError as exc:
-            if isinstance(exc, ExitTimeoutError):
-                raise
+        except TimeoutError:
+            if not bound.expired():
+                raise  # the operation's own TimeoutError (e.g. RpcTimeout): not ours to rename
             raise ExitTimeoutError(self.name, self.elapsed(), self.limit) from None
 
 

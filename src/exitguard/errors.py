@@ -92,6 +92,17 @@ class InvalidVenueResponse(ExitError):
     error_class = ErrorClass.INVALID_RESPONSE
 
 
+class ConfigError(ExitError, ValueError):
+    """A policy, ladder, breaker, deadline or guard was given an impossible value.
+
+    ``field`` names the offending field, and so does the message.
+    """
+
+    def __init__(self, owner: str, field_name: str, problem: str, value: object) -> None:
+        self.field = field_name
+        super().__init__(f"{owner}.{field_name} {problem}, got {value!r}")
+
+
 class RetryExhaustedError(ExitError):
     """A bounded retry gave up; carries why, after how many attempts and how long."""
 
@@ -193,7 +204,11 @@ def classify_text(text: str) -> ErrorClass:
 
 
 def default_classifier(exc: BaseException) -> ErrorClass:
-    """Map an exception to its class: exitguard types, then Python types, then texts."""
+    """Map an exception to its class: exitguard types, then known texts, then Python types.
+
+    Texts come before Python types because they are more specific: a ``ConnectionError``
+    saying "timed out" is an unknown outcome (reconcile), not a certain send failure.
+    """
     if isinstance(exc, ExitError) and type(exc).error_class is not ErrorClass.UNKNOWN:
         return type(exc).error_class
     by_text = classify_text(str(exc))

@@ -59,6 +59,25 @@ class MemoryHaltStore:
         self.snapshot = snapshot
 
 
+def _typed(data: dict[str, Any], key: str, kind: type[Any]) -> Any:
+    value = data[key]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise TypeError(f"{key} is not a {kind.__name__}: {value!r}")
+    return value
+
+
+def _record(raw: object) -> HaltRecord:
+    if not isinstance(raw, dict):
+        raise TypeError(f"history entry is not an object: {raw!r}")
+    at = raw["at"]
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        raise TypeError(f"history entry time is not a number: {at!r}")
+    return HaltRecord(
+        _typed(raw, "halted", bool), _typed(raw, "reason", str), _typed(raw, "actor", str),
+        float(at),
+    )
+
+
 class FileHaltStore:
     """A JSON file, written atomically. A missing file means "never halted"."""
 
@@ -70,20 +89,23 @@ class FileHaltStore:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as exc:  # garbage bytes: corrupt, not "never halted"
+            raise HaltStoreError(f"halt file {self.path} is corrupt: {exc}") from exc
         except OSError as exc:
-            raise HaltStoreError(f"cannot read halt file {self.path}: {exc.strerror}") from exc
+            raise HaltStoreError(
+                f"cannot read halt file {self.path}: {exc.strerror or exc}"
+            ) from exc
         try:
             data: Any = json.loads(text)
-            history = tuple(
-                HaltRecord(bool(r["halted"]), str(r["reason"]), str(r["actor"]), float(r["at"]))
-                for r in data["history"]
-            )
-            halted = data["halted"]
-            if not isinstance(halted, bool):
-                raise TypeError("halted is not a boolean")
-            return HaltSnapshot(halted, str(data["reason"]), history)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HaltStoreError(f"halt file {self.path} is corrupt: {exc}") from exc
+            if not isinstance(data, dict):
+                raise TypeError("the document is not an object")
+            halted = _typed(data, "halted", bool)
+            reason = _typed(data, "reason", str)
+            records = _typed(data, "history", list)
+            history = tuple(_record(r) for r in records)
+            return HaltSnapshot(halted, reason, history)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise HaltStoreError(f"halt file {self.path} is corrupt: {exc!r}") from exc
 
     def save(self, snapshot: HaltSnapshot) -> None:
         payload = {

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import EXIT_RETRYABLE, TRANSIENT, ErrorClass, ExitError
+from .errors import EXIT_RETRYABLE, TRANSIENT, ConfigError, ErrorClass
 from .venue import ExitOrder, OrderMode, Position
 
-
-class ConfigError(ExitError, ValueError):
-    """A policy, ladder or guard was given an impossible value; names the field."""
-
-    def __init__(self, owner: str, field_name: str, problem: str, value: object) -> None:
-        self.field = field_name
-        super().__init__(f"{owner}.{field_name} {problem}, got {value!r}")
+__all__ = [
+    "AdaptiveExitExecutor",
+    "ConfigError",
+    "EscalationLadder",
+    "EscalationStep",
+    "RetryPolicy",
+]
 
 
 def _number(owner: str, name: str, value: object) -> float:
@@ -89,7 +90,12 @@ class RetryPolicy:
         jitter = _number(owner, "jitter", self.jitter)
         if not 0 <= jitter <= 1:
             raise ConfigError(owner, "jitter", "must be between 0 and 1", jitter)
-        retryable = frozenset(self.retryable)
+        try:
+            retryable = frozenset(self.retryable)
+        except TypeError:
+            raise ConfigError(
+                owner, "retryable", "must be a collection of ErrorClass values", self.retryable
+            ) from None
         if not all(isinstance(c, ErrorClass) for c in retryable):
             raise ConfigError(owner, "retryable", "must hold ErrorClass values", self.retryable)
         object.__setattr__(self, "retryable", retryable)
@@ -162,7 +168,12 @@ class EscalationLadder:
 
     def __post_init__(self) -> None:
         owner = "EscalationLadder"
-        steps = tuple(self.steps)
+        try:
+            steps = tuple(self.steps)
+        except TypeError:
+            raise ConfigError(
+                owner, "steps", "must be a sequence of EscalationStep values", self.steps
+            ) from None
         if not steps:
             raise ConfigError(owner, "steps", "must hold at least one step", self.steps)
         if not all(isinstance(s, EscalationStep) for s in steps):
@@ -223,10 +234,13 @@ class EscalationLadder:
         step = self.steps[min(step_index, len(self.steps) - 1)]
         fee = step.priority_fee
         if fee is not None:
-            scaled = fee * self.fee_multiplier ** max(tries_at_step, 0)
+            try:
+                scaled = fee * self.fee_multiplier ** max(tries_at_step, 0)
+            except OverflowError:  # a long run of resubmissions: the cap decides
+                scaled = math.inf
             if self.max_priority_fee is not None:
                 scaled = min(scaled, self.max_priority_fee)
-            fee = int(scaled)
+            fee = int(scaled) if math.isfinite(scaled) else sys.maxsize
         return ExitOrder(
             position=position,
             size=size,

@@ -8,7 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .clock import loop_time
-from .errors import Classifier, ErrorClass, ExitTimeoutError, RetryExhaustedError, default_classifier
+from .errors import (
+    Classifier,
+    ErrorClass,
+    ExitTimeoutError,
+    RetryExhaustedError,
+    default_classifier,
+)
 from .policy import RetryPolicy
 
 _T = TypeVar("_T")
@@ -51,15 +57,25 @@ class BoundedRetryExecutor:
         attempt = 0
         while True:
             attempt += 1
-            left = expires_at - loop_time()
+            attempt_started = loop_time()
+            limit = min(policy.attempt_timeout, expires_at - attempt_started)
+            bound = asyncio.timeout(limit)
+            error: BaseException
             try:
-                async with asyncio.timeout(min(policy.attempt_timeout, left)):
+                async with bound:
                     return await operation()
             except TimeoutError as exc:
-                error: BaseException = exc
-                error_class = ErrorClass.RPC_TIMEOUT
-                if not isinstance(exc, ExitTimeoutError):
-                    error = ExitTimeoutError(f"attempt {attempt}", loop_time() - start, left)
+                if bound.expired():
+                    # Our own bound cut the attempt: its outcome is unknown.
+                    error = ExitTimeoutError(
+                        f"attempt {attempt}", loop_time() - attempt_started, limit
+                    )
+                    error_class = ErrorClass.RPC_TIMEOUT
+                else:
+                    # The operation raised a TimeoutError (e.g. RpcTimeout) itself: it is
+                    # classified like any other error, and kept as the last error.
+                    error = exc
+                    error_class = classifier(exc)
             except Exception as exc:
                 error = exc
                 error_class = classifier(exc)

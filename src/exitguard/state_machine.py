@@ -70,7 +70,7 @@ class TransitionRecord:
     at_wall: float
     detail: str = ""
     tx_id: str | None = None
-    late: bool = False  # made after the deadline (allowed only into a terminal state)
+    late: bool = False  # made after the deadline (anything but a new submission is allowed)
 
 
 def is_valid_path(history: list[TransitionRecord] | tuple[TransitionRecord, ...]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 from .clock import Clock, loop_time
-from .errors import EmergencyHaltError
+from .errors import ConfigError, EmergencyHaltError
 
 
 class TrackerState(enum.StrEnum):
@@ -27,14 +27,16 @@ class ExitAttemptTracker:
     def __init__(
         self, max_attempts: int = 2, *, emergency_threshold: float = 30.0, clock: Clock = loop_time
     ) -> None:
+        owner = "ExitAttemptTracker"
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(
-                f"ExitAttemptTracker.max_attempts must be an integer >= 1, got {max_attempts!r}"
-            )
-        if not emergency_threshold > 0:
-            raise ValueError(
-                "ExitAttemptTracker.emergency_threshold must be > 0, "
-                f"got {emergency_threshold!r}"
+            raise ConfigError(owner, "max_attempts", "must be an integer >= 1", max_attempts)
+        if (
+            isinstance(emergency_threshold, bool)
+            or not isinstance(emergency_threshold, int | float)
+            or not emergency_threshold > 0  # also refuses NaN; inf means "no time bound"
+        ):
+            raise ConfigError(
+                owner, "emergency_threshold", "must be a number > 0", emergency_threshold
             )
         self.max_attempts = max_attempts
         self.emergency_threshold = float(emergency_threshold)
