@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from _alerting_helpers import ALERTS, RUNBOOKS, github_anchors, require_tool, run
+from _alerting_helpers import ALERTS, RUNBOOKS, github_anchors
+from _servers import require_binary, run_tool
 from exitguard import catalogue
 from exitguard.alerting import rules
 from exitguard.alerting.rules import RUNBOOK_BASE_URL, Thresholds
@@ -27,7 +28,7 @@ PROMQL_KEYWORDS = {"by", "on", "or", "and", "unless", "offset", "le"}
 
 
 def _promtool() -> str:
-    return require_tool("promtool", package="prometheus")
+    return require_binary("promtool")
 
 
 def _load(path: Path) -> Any:
@@ -155,14 +156,14 @@ def test_github_anchor_slugs() -> None:
 
 
 def test_promtool_check_rules() -> None:
-    result = run(_promtool(), "check", "rules", str(RULES_FILE))
+    result = run_tool(_promtool(), "check", "rules", str(RULES_FILE))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_generated())} rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
     assert PROMTOOL_TESTS, "no promtool tests in alerts/tests"
-    result = run(_promtool(), "test", "rules", *map(str, PROMTOOL_TESTS), timeout=120)
+    result = run_tool(_promtool(), "test", "rules", *map(str, PROMTOOL_TESTS), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAILED" not in result.stdout
 
@@ -173,7 +174,7 @@ def _promtool_tests_against(tmp_path: Path, rules_text: str) -> str:
     for test in PROMTOOL_TESTS:
         shutil.copy(test, tmp_path / "tests" / test.name)
     (tmp_path / RULES_FILE.name).write_text(rules_text)
-    result = run(
+    result = run_tool(
         _promtool(), "test", "rules", *(str(tmp_path / "tests" / t.name) for t in PROMTOOL_TESTS)
     )
     assert result.returncode != 0, "the promtool tests did not notice the broken rules"

@@ -18,25 +18,19 @@ from typing import Any
 import pytest
 import yaml
 
-from _alerting_helpers import (
+from _alerting_helpers import ALERTS, TEMPLATES, supports_discord_url_file
+from _servers import (
     ALERTMANAGER_BINARIES,
-    ALERTS,
-    Alertmanager,
     WebhookSink,
-    binary_version,
-    require_tool,
-    run,
+    alertmanager,
+    require_binary,
+    run_tool,
+    webhook_sink,
 )
 from exitguard.alerting import rules
-from exitguard.alerting.rules import (
-    CRITICAL_RECEIVER,
-    DISCORD_URL_FILE_MIN_VERSION,
-    WARNING_RECEIVER,
-    RouteTimings,
-)
+from exitguard.alerting.rules import CRITICAL_RECEIVER, WARNING_RECEIVER, RouteTimings
 
 CONFIG = ALERTS / "alertmanager.yml"
-TEMPLATES = ALERTS / "templates" / "exitguard.tmpl"
 BREAKER_RUNBOOK = (
     "https://github.com/exitguard/exitguard/blob/main/docs/runbooks.md"
     "#exitguardcircuitbreakertripped"
@@ -44,11 +38,7 @@ BREAKER_RUNBOOK = (
 
 
 def _amtool() -> str:
-    return require_tool("amtool", package="prometheus-alertmanager")
-
-
-def _supports_discord_url_file(binary: str) -> bool:
-    return binary_version(binary)[:2] >= DISCORD_URL_FILE_MIN_VERSION
+    return require_binary("amtool")
 
 
 def _config() -> dict[str, Any]:
@@ -61,7 +51,7 @@ def _checkable_copy(tmp_path: Path, text: str, amtool: str) -> Path:
     inlined from a temporary file (what ``inline_discord_url=True`` does)."""
     data = yaml.safe_load(text)
     data["templates"] = [str(ALERTS / t) for t in data["templates"]]
-    if not _supports_discord_url_file(amtool):
+    if not supports_discord_url_file(amtool):
         for receiver in data["receivers"]:
             for discord in receiver.get("discord_configs", []):
                 discord["webhook_url"] = "http://127.0.0.1:9/discord/0/placeholder"
@@ -174,7 +164,7 @@ def test_inline_discord_url_for_an_old_alertmanager(tmp_path: Path) -> None:
 
 
 def test_amtool_check_config(checked_config: Path) -> None:
-    result = run(_amtool(), "check-config", str(checked_config))
+    result = run_tool(_amtool(), "check-config", str(checked_config))
     assert result.returncode == 0, result.stdout + result.stderr
     for found in ("SUCCESS", "2 inhibit rules", "2 receivers", "1 templates"):
         assert found in result.stdout, result.stdout
@@ -188,7 +178,7 @@ def test_amtool_rejects_a_broken_template(tmp_path: Path) -> None:
     data = yaml.safe_load(path.read_text())
     data["templates"] = [str(bad)]
     path.write_text(yaml.safe_dump(data))
-    assert run(_amtool(), "check-config", str(path)).returncode != 0
+    assert run_tool(_amtool(), "check-config", str(path)).returncode != 0
 
 
 @pytest.mark.parametrize(
@@ -205,7 +195,7 @@ def test_amtool_rejects_a_broken_template(tmp_path: Path) -> None:
 )
 def test_amtool_routes(checked_config: Path, labels: dict[str, str], receiver: str) -> None:
     args = [f"{k}={v}" for k, v in {**labels, "guard": "g1"}.items()]
-    result = run(
+    result = run_tool(
         _amtool(), "config", "routes", "test", f"--config.file={checked_config}",
         f"--verify.receivers={receiver}", *args,
     )
@@ -218,7 +208,7 @@ def test_amtool_routes(checked_config: Path, labels: dict[str, str], receiver: s
 
 @pytest.fixture
 def sink() -> Iterator[WebhookSink]:
-    with WebhookSink() as server:
+    with webhook_sink() as server:
         yield server
 
 
@@ -237,7 +227,7 @@ def _alert(name: str, severity: str, guard: str, **extra: str) -> dict[str, Any]
 
 
 def test_real_alertmanager_pages_slack_and_discord(tmp_path: Path, sink: WebhookSink) -> None:
-    binary = require_tool(*ALERTMANAGER_BINARIES, package="prometheus-alertmanager")
+    binary = require_binary(*ALERTMANAGER_BINARIES)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "slack").write_text(sink.url("/slack/T0/B0/secret") + "\n")
@@ -249,13 +239,13 @@ def test_real_alertmanager_pages_slack_and_discord(tmp_path: Path, sink: Webhook
         discord_url_file=secrets / "discord",
         templates=[TEMPLATES],
         timings=RouteTimings.fast(),
-        inline_discord_url=not _supports_discord_url_file(binary),
+        inline_discord_url=not supports_discord_url_file(binary),
     )
-    with Alertmanager(binary, config, tmp_path) as am:
+    with alertmanager(config, tmp_path, binary=binary) as am:
         am.post_alerts([_alert("ExitguardCircuitBreakerTripped", "critical", "g1",
                                breaker="venue")])
-        slack = sink.wait_for("/slack", where=lambda r: "CircuitBreaker" in r.text)[0]
-        discord = sink.wait_for("/discord", where=lambda r: "CircuitBreaker" in r.text)[0]
+        slack = sink.wait_for_requests("/slack", where=lambda r: "CircuitBreaker" in r.text)[0]
+        discord = sink.wait_for_requests("/discord", where=lambda r: "CircuitBreaker" in r.text)[0]
         for body in (slack.text, discord.text):
             for expected in ("ExitguardCircuitBreakerTripped", "guard=g1", "breaker=venue",
                              "summary of ExitguardCircuitBreakerTripped",
@@ -271,8 +261,10 @@ def test_real_alertmanager_pages_slack_and_discord(tmp_path: Path, sink: Webhook
             _alert("ExitguardExitRetryRateHigh", "warning", "g2"),
             _alert("ExitguardExitSlippageHigh", "warning", "g2"),
         ])
-        sink.wait_for("/slack", where=lambda r: "ExitguardExitSlippageHigh" in r.text)
-        retry = sink.wait_for("/slack", where=lambda r: "ExitguardExitRetryRateHigh" in r.text)
+        sink.wait_for_requests("/slack", where=lambda r: "ExitguardExitSlippageHigh" in r.text)
+        retry = sink.wait_for_requests(
+            "/slack", where=lambda r: "ExitguardExitRetryRateHigh" in r.text
+        )
         assert all("guard=g2" in r.text and "guard=g1" not in r.text for r in retry)
         statuses = {
             (a["labels"]["alertname"], a["labels"]["guard"]): a["status"]

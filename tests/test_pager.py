@@ -19,7 +19,8 @@ from apprise.plugins.discord import NotifyDiscord
 from apprise.plugins.slack import NotifySlack
 from prometheus_client import CollectorRegistry, generate_latest
 
-from _alerting_helpers import RUNBOOKS, WebhookSink, github_anchors
+from _alerting_helpers import RUNBOOKS, github_anchors
+from _servers import WebhookSink, webhook_sink
 from exitguard import catalogue
 from exitguard.alerting import pager as pager_module
 from exitguard.alerting.pager import Pager, parse_urls
@@ -37,7 +38,7 @@ CLOSED, HALF_OPEN, OPEN = BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerSt
 
 @pytest.fixture
 def sink() -> Iterator[WebhookSink]:
-    with WebhookSink() as server:
+    with webhook_sink() as server:
         yield server
 
 
@@ -96,8 +97,8 @@ def test_a_trip_pages_slack_and_discord(
     trip(pager)
     asyncio.run(pager.drain())
 
-    slack = services.wait_for("/slack")
-    discord = services.wait_for("/discord")
+    slack = services.wait_for_requests("/slack")
+    discord = services.wait_for_requests("/discord")
     assert len(slack) == len(discord) == 1
     # Each service got its own webhook path and the body shape it expects.
     assert slack[0].path == f"/slack/T00000000/B00000000/{SLACK_SECRET}"
@@ -124,7 +125,7 @@ def test_a_halt_pages_with_reason_actor_and_time(
                                   at=at))
     asyncio.run(pager.drain())
     for prefix in ("/slack", "/discord"):
-        body = services.wait_for(prefix)[0].text
+        body = services.wait_for_requests(prefix)[0].text
         for line in ("trading halted (guard g1)", "event: halted",
                      "reason: breaker venue opened", "actor: breaker",
                      "at: 2023-11-14T22:13:20Z", "exitguard halt resume --approver",
@@ -142,7 +143,7 @@ def test_only_transitions_to_open_page(
     assert services.requests() == []
     pager.breaker_transition("g1", "venue", HALF_OPEN, OPEN)  # a failed probe re-opens it
     asyncio.run(pager.drain())
-    assert "transition: half_open → open" in services.wait_for("/slack")[0].text
+    assert "transition: half_open → open" in services.wait_for_requests("/slack")[0].text
 
 
 def test_the_pager_works_behind_safe_hooks_and_without_an_event_loop(
@@ -153,8 +154,8 @@ def test_the_pager_works_behind_safe_hooks_and_without_an_event_loop(
     thread = threading.Thread(target=hooks.breaker_transition, args=("g1", "b", CLOSED, OPEN))
     thread.start()
     thread.join()
-    services.wait_for("/slack")
-    services.wait_for("/discord")
+    services.wait_for_requests("/slack")
+    services.wait_for_requests("/discord")
     assert hooks.failure_counts == {}
 
 
@@ -181,7 +182,7 @@ def test_a_storm_of_trips_sends_one_page_per_interval_and_counts_the_rest(
         await pager.drain()
 
     asyncio.run(storm())
-    slack = services.wait_for("/slack", count=3)
+    slack = services.wait_for_requests("/slack", count=3)
     time.sleep(0.3)  # nothing else may be on its way
     assert len(services.requests("/slack")) == len(services.requests("/discord")) == 3
     assert sorted(("guard: g2" in r.text, "event: halted" in r.text) for r in slack) == [
@@ -194,11 +195,11 @@ def test_a_storm_of_trips_sends_one_page_per_interval_and_counts_the_rest(
 
     # The held-back count goes out with the next page (here: flushed at shutdown).
     asyncio.run(pager.flush())
-    digest = services.wait_for("/slack", where=lambda r: "suppressed" in r.text)
+    digest = services.wait_for_requests("/slack", where=lambda r: "suppressed" in r.text)
     assert len(digest) == 1
     assert "suppressed: 49 more breaker_open event(s) for guard g1" in digest[0].text
     assert "Still happening: Circuit breaker 'venue' of guard 'g1'" in digest[0].text
-    services.wait_for("/discord", where=lambda r: "49 more breaker_open" in r.text)
+    services.wait_for_requests("/discord", where=lambda r: "49 more breaker_open" in r.text)
     assert sent(registry, "g1", "slack", "sent") == 3
 
 
@@ -209,7 +210,7 @@ def test_suppressed_events_ride_on_the_page_at_the_end_of_the_interval(
     pager = make_pager(min_interval=interval)
     for _ in range(10):
         trip(pager)
-    first, second = services.wait_for("/slack", count=2, timeout=10)
+    first, second = services.wait_for_requests("/slack", count=2, timeout=10)
     assert "suppressed" not in first.text
     assert "suppressed: 9 more breaker_open event(s)" in second.text
     assert second.at - first.at >= interval * 0.9
@@ -217,7 +218,7 @@ def test_suppressed_events_ride_on_the_page_at_the_end_of_the_interval(
     assert len(services.requests("/slack")) == 2
 
     trip(pager)  # a new interval: paged at once, with nothing suppressed
-    third = services.wait_for("/slack", count=3)[2]
+    third = services.wait_for_requests("/slack", count=3)[2]
     assert "suppressed" not in third.text
 
 

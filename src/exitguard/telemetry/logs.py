@@ -1,0 +1,475 @@
+"""Structured logs for exitguard (structlog), with the current trace and span ids.
+
+``LogHooks`` implements the ``Hooks`` Protocol: one event per state transition
+(``exit.transition``), per attempt (``exit.attempt``), per retry (``exit.retry``), per
+reconciliation look-up (``exit.reconciled``), per backoff wait (``exit.backoff``), per finished
+exit (``exit.finished``, with the whole ``states`` path), per late fill (``exit.late_fill``),
+per breaker transition (``breaker.transition``), halt (``trading.halted``) and resume
+(``trading.resumed``). What every clean exit does (its routine transitions, a filled attempt)
+is logged at ``routine_level`` (debug by default), anything out of the ordinary at info or
+above: at info a clean exit is one line. Every event carries ``guard`` and, when a span is
+current, ``trace_id`` and ``span_id`` (lowercase hex, as in OTLP and the exemplars); exit
+events carry ``position_id`` and ``symbol``. Error texts are redacted (credentials in URLs,
+``key=value`` secrets, bearer tokens); nothing else from the venue is logged.
+
+``configure_logging`` sets structlog up for production (JSON lines) or humans (console),
+natively or through the standard library's ``logging`` (``stdlib=True``) for bots that
+already use it::
+
+    from exitguard.telemetry import configure_logging
+    configure_logging(json=True, level="INFO")               # JSON lines on stderr
+    configure_logging(json=False)                            # colourful console lines
+    configure_logging(stdlib=True)                           # through logging's root logger
+"""
+
+from __future__ import annotations
+
+import json as _json
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
+
+import structlog
+from opentelemetry.trace import SpanContext, get_current_span
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from ..breaker import BreakerState
+from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
+from ..outcome import ExitOutcome, ExitStatus
+from ..state_machine import ExitState
+from ..venue import Fill, TxStatus
+from ._context import current_span_ids, redact
+
+if TYPE_CHECKING:
+    from ..errors import ErrorClass
+    from ..halt import HaltRecord
+    from ..state_machine import TransitionRecord
+
+__all__ = [
+    "LOGGER_NAME",
+    "LogHooks",
+    "add_trace_context",
+    "configure_logging",
+    "stdlib_formatter",
+]
+
+#: The logger name exitguard's events are emitted under.
+LOGGER_NAME = "exitguard"
+
+_OK_RESULTS = frozenset({AttemptResult.FILLED, AttemptResult.PARTIAL})
+
+
+def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: add ``trace_id``/``span_id`` of the current span, if any.
+
+    ``configure_logging`` puts it in the chain, so the bot's own events get them too.
+    """
+    if "trace_id" not in event_dict:
+        ids = current_span_ids()
+        if ids is not None:
+            event_dict["trace_id"], event_dict["span_id"] = ids
+    return event_dict
+
+
+def _with_ids(fields: dict[str, Any]) -> dict[str, Any]:
+    ids = current_span_ids()
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
+    return fields
+
+
+_DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+_METHOD = {_DEBUG: "debug", _INFO: "info", _WARNING: "warning", _ERROR: "error",
+           logging.CRITICAL: "critical"}
+
+#: Transitions every clean exit makes; logged at ``routine_level`` (debug by default).
+ROUTINE_STATES = frozenset({
+    ExitState.EXIT_SIGNAL_RECEIVED, ExitState.SUBMITTED, ExitState.POSITION_CLOSED,
+})
+#: Transitions into a failed end; logged at warning (exit.finished follows at error).
+_FAILED_STATES = frozenset({
+    ExitState.EXIT_FAILED, ExitState.EXIT_UNRESOLVED, ExitState.EXIT_REFUSED,
+})
+
+
+def _level_number(level: str | int) -> int:
+    if isinstance(level, int) and not isinstance(level, bool):
+        return level
+    number = logging.getLevelName(str(level).upper())
+    if not isinstance(number, int):
+        raise ValueError(
+            f"level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}"
+        )
+    return number
+
+
+def _effective_level(log: Any) -> int:
+    """The lowest level ``log`` emits (structlog's filtering and stdlib loggers say; for
+    any other logger, everything is assumed enabled)."""
+    get = getattr(log, "get_effective_level", None)
+    if get is not None:
+        try:
+            level = get()
+        except Exception:  # e.g. a stdlib BoundLogger without a stdlib logger behind it
+            return 0
+        if isinstance(level, int):
+            return level
+    return 0
+
+
+class _LogObserver:
+    """One exit's events. Each event first compares its level with the logger's (read at
+    the exit's start), so an event below it costs one comparison: no fields are built."""
+
+    __slots__ = ("_base", "_ids", "_level", "_log", "_routine", "_span_context")
+
+    def __init__(self, log: Any, level: int, routine: int, exit: ExitInfo) -> None:
+        self._log = log
+        self._level = level
+        self._routine = routine
+        position = exit.position
+        self._base = {"guard": exit.guard, "position_id": position.id,
+                      "symbol": position.symbol}
+        self._span_context: SpanContext | None = None
+        self._ids: tuple[str, str] | None = None
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        """Log ``event`` with the exit's fields, ``fields`` and the current span's ids
+        (formatted once per span, not once per event)."""
+        out = self._base.copy()
+        out.update(fields)
+        context = get_current_span().get_span_context()
+        if context is not self._span_context:
+            self._span_context = context
+            self._ids = (
+                (format(context.trace_id, "032x"), format(context.span_id, "016x"))
+                if context.is_valid else None
+            )
+        ids = self._ids
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
+        getattr(self._log, _METHOD.get(level, "info"))(event, **out)
+
+    def attempt_started(self, attempt: AttemptInfo) -> None:
+        pass  # one event per attempt, when its result is known (exit.attempt)
+
+    def attempt_finished(self, report: AttemptReport) -> None:
+        result = report.result
+        level = (self._routine if result is AttemptResult.FILLED
+                 else _INFO if result is AttemptResult.PARTIAL else _WARNING)
+        if level < self._level:
+            return
+        attempt = report.attempt
+        order = attempt.order
+        fields: dict[str, Any] = {
+            "attempt": attempt.number,
+            "mode": order.mode.value,
+            "max_slippage_bps": order.max_slippage_bps,
+            "priority_fee": order.priority_fee,
+            "venue": attempt.venue,
+            "result": result.value,
+            "tx_id": report.tx_id,
+            "duration_s": round(report.duration_s, 6),
+        }
+        if report.fill is not None:
+            fields["fill_size"] = report.fill.size
+            fields["fill_price"] = report.fill.price
+        if report.error_class is not None:
+            fields["error_class"] = report.error_class.value
+        if report.error is not None:
+            fields["error"] = redact(report.error)
+        self._emit(level, "exit.attempt", fields)
+
+    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
+        if self._level <= _WARNING:
+            self._emit(_WARNING, "exit.retry",
+                       {"error_class": error_class.value, "next_attempt": next_attempt})
+
+    def backoff(self, delay_s: float) -> None:
+        if self._level <= _DEBUG:
+            self._emit(_DEBUG, "exit.backoff", {"delay_s": round(delay_s, 6)})
+
+    def transition(self, record: TransitionRecord) -> None:
+        to_state = record.to_state
+        level = (self._routine if to_state in ROUTINE_STATES
+                 else _WARNING if to_state in _FAILED_STATES else _INFO)
+        if level < self._level:
+            return
+        fields: dict[str, Any] = {
+            "from_state": record.from_state.value, "to_state": to_state.value,
+        }
+        if record.detail:  # the core's own words (an error class, a ladder step): no secrets
+            fields["detail"] = record.detail
+        if record.tx_id is not None:
+            fields["tx_id"] = record.tx_id
+        if record.late:
+            fields["late"] = True
+        self._emit(level, "exit.transition", fields)
+
+    def reconciled(self, tx_id: str, status: TxStatus) -> None:
+        if self._level <= _INFO:
+            self._emit(_INFO, "exit.reconciled", {"tx_id": tx_id, "status": status.value})
+
+    def exit_finished(self, outcome: ExitOutcome) -> None:
+        level = _INFO if outcome.status is ExitStatus.CLOSED else _ERROR
+        if level < self._level:
+            return
+        fields: dict[str, Any] = {
+            "outcome": outcome.status.value,
+            "attempts": outcome.attempts,
+            "elapsed_s": round(outcome.elapsed_s, 6),
+            "size": outcome.position.size,
+            "filled_size": outcome.filled_size,
+            "signal_price": outcome.signal_price,
+            "avg_price": outcome.avg_price,
+            "slippage_bps": outcome.slippage_bps,
+            "loss_amplification": outcome.loss_amplification,
+            "venue": outcome.venue,
+            "reason": redact(outcome.reason),
+            "deadline_exceeded": outcome.deadline_exceeded,
+            "states": [record.to_state.value for record in outcome.history],
+        }
+        if outcome.error_class is not None:
+            fields["error_class"] = outcome.error_class.value
+        if outcome.pending_tx_ids:
+            fields["pending_tx_ids"] = list(outcome.pending_tx_ids)
+        self._emit(level, "exit.finished", fields)
+
+
+class LogHooks:
+    """Hooks that log every exit event with structlog (see the module docstring).
+
+    ``logger``: a structlog logger (anything with ``bind`` and the level methods); default
+    ``structlog.get_logger("exitguard")``, which follows ``structlog.configure`` (and so
+    ``configure_logging``) even when that is called later.
+
+    ``routine_level``: the level of what every clean exit does (the transitions into
+    exit_signal_received, submitted and position_closed, and a filled attempt); default
+    debug, so at info a clean exit is one ``exit.finished`` line (with its ``states``),
+    while everything out of the ordinary (a timeout, a reconciliation, a partial fill, a
+    failed attempt, an escalation, a retry, a failed exit) is logged at info or above.
+    Pass ``routine_level="info"`` to see every transition and attempt at info.
+
+    The logger's level is read once per exit; events below it cost a comparison, and a
+    logger set above error costs nothing at all.
+    """
+
+    def __init__(self, logger: Any = None, *, routine_level: str | int = _DEBUG) -> None:
+        self._own_logger = logger is None
+        self.logger: Any = logger if logger is not None else structlog.get_logger(LOGGER_NAME)
+        self.routine_level = _level_number(routine_level)
+
+    def exit_started(self, exit: ExitInfo) -> _LogObserver | None:
+        # The logger as structlog is configured now (a fresh proxy: structlog's first-use
+        # cache would otherwise pin the configuration of the first exit forever).
+        proxy = structlog.get_logger(LOGGER_NAME) if self._own_logger else self.logger
+        log = proxy.bind()
+        level = _effective_level(log)
+        if level > _ERROR:
+            return None
+        return _LogObserver(log, level, self.routine_level, exit)
+
+    def _exit_logger(self, exit: ExitInfo) -> Any:
+        return self.logger.bind(
+            guard=exit.guard, position_id=exit.position.id, symbol=exit.position.symbol
+        )
+
+    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
+        log = self._exit_logger(exit)
+        if status is TxStatus.PENDING:
+            log.error("exit.reconciliation_abandoned",
+                      **_with_ids({"tx_id": tx_id, "status": status.value}))
+        else:
+            log.info("exit.pending_resolved",
+                     **_with_ids({"tx_id": tx_id, "status": status.value}))
+
+    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
+        self._exit_logger(exit).error(
+            "exit.late_fill",
+            **_with_ids({"tx_id": fill.tx_id, "fill_size": fill.size, "fill_price": fill.price,
+                         "signal_price": exit.signal_price}),
+        )
+
+    def breaker_transition(
+        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
+    ) -> None:
+        fields = _with_ids({"guard": guard, "breaker": breaker, "from_state": old.value,
+                            "to_state": new.value})
+        if new is BreakerState.OPEN:
+            self.logger.error("breaker.transition", **fields)
+        elif new is BreakerState.HALF_OPEN:
+            self.logger.warning("breaker.transition", **fields)
+        else:
+            self.logger.info("breaker.transition", **fields)
+
+    def halted(self, guard: str, record: HaltRecord) -> None:
+        self.logger.critical(
+            "trading.halted",
+            **_with_ids({"guard": guard, "reason": redact(record.reason), "actor": record.actor,
+                         "at": record.at}),
+        )
+
+    def resumed(self, guard: str, record: HaltRecord) -> None:
+        self.logger.warning(
+            "trading.resumed",
+            **_with_ids({"guard": guard, "reason": redact(record.reason),
+                         "approver": record.actor, "at": record.at}),
+        )
+
+
+# -- set-up ------------------------------------------------------------------------------
+
+_HANDLER_FLAG = "_exitguard_handler"
+
+
+class Writable(Protocol):
+    """Where log lines go: anything with ``write`` and ``flush`` (a file, a stream)."""
+
+    def write(self, text: str, /) -> object: ...
+    def flush(self) -> object: ...
+
+
+class _UtcTimestamp:
+    """``timestamp`` as ISO 8601 UTC with microseconds (``2026-01-31T12:00:00.123456Z``),
+    what ``TimeStamper(fmt="iso")`` writes, at a fraction of its cost (the seconds part is
+    formatted once per second)."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: tuple[int, str] = (-1, "")
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        cached_second, prefix = self._cache
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cache = (second, prefix)
+        event_dict["timestamp"] = f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
+def _json_default(value: object) -> object:
+    return repr(value)
+
+
+_JSON = _json.JSONEncoder(default=_json_default, check_circular=False).encode
+
+
+def render_json(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+    """The JSON renderer of ``configure_logging`` (one object per line; anything JSON
+    cannot encode is written as its ``repr``)."""
+    return _JSON(event_dict)
+
+
+def _renderer(json: bool, stream: object = None) -> Processor:
+    if json:
+        return render_json
+    isatty = getattr(stream, "isatty", None)
+    return structlog.dev.ConsoleRenderer(colors=bool(isatty and isatty()))
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _UtcTimestamp(),
+        add_trace_context,
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def stdlib_formatter(json: bool = True, *, colors: bool = False) -> logging.Formatter:
+    """A ``logging.Formatter`` rendering structlog events and plain log records alike.
+
+    Put it on your own handlers when you configure ``logging`` yourself and call
+    ``configure_logging(stdlib=True, install_handler=False)``.
+    """
+    pre_chain: list[Processor] = [structlog.stdlib.add_logger_name, *_shared_processors()]
+    if json:
+        pre_chain.append(structlog.processors.format_exc_info)
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            render_json if json else structlog.dev.ConsoleRenderer(colors=colors),
+        ],
+        foreign_pre_chain=pre_chain,
+    )
+
+
+def _install_handler(logger: logging.Logger, stream: Writable, json: bool, level: int) -> None:
+    for handler in list(logger.handlers):
+        if getattr(handler, _HANDLER_FLAG, False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(cast(TextIO, stream))
+    setattr(handler, _HANDLER_FLAG, True)
+    isatty = getattr(stream, "isatty", None)
+    handler.setFormatter(stdlib_formatter(json, colors=bool(isatty and isatty())))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def configure_logging(
+    *,
+    json: bool = True,
+    level: str | int = "INFO",
+    stdlib: bool = False,
+    stream: Writable | None = None,
+    install_handler: bool = True,
+) -> None:
+    """Configure structlog for exitguard's events (and the bot's own structlog events).
+
+    ``json``: one JSON object per line (production) or the console renderer (humans).
+    ``level``: the lowest level emitted. ``stream``: where lines go (default stderr).
+
+    Native mode (default): structlog writes straight to ``stream``; events below ``level``
+    cost one no-op call. The core's own ``logging`` records (logger ``exitguard``) are
+    rendered the same way on the same stream.
+
+    ``stdlib=True``: structlog hands its events to the standard library's ``logging``
+    (logger ``exitguard``), so they go wherever the bot's logging goes and honour its
+    levels; unless ``install_handler=False``, a handler rendering every record (the bot's
+    too) as JSON or console lines is added to the root logger. With your own handlers, use
+    ``stdlib_formatter()`` on them.
+    """
+    number = _level_number(level)
+    out: Writable = stream if stream is not None else sys.stderr
+    if stdlib:
+        structlog.configure(
+            processors=[
+                structlog.stdlib.filter_by_level,
+                structlog.stdlib.add_logger_name,
+                *_shared_processors(),
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+        core = logging.getLogger(LOGGER_NAME)
+        for handler in list(core.handlers):  # undo an earlier native-mode set-up
+            if getattr(handler, _HANDLER_FLAG, False):
+                core.removeHandler(handler)
+                core.propagate = True
+        if install_handler:
+            _install_handler(logging.getLogger(), out, json, number)
+        return
+    processors = _shared_processors()
+    if json:
+        processors += [structlog.processors.format_exc_info, _renderer(json)]
+    else:
+        processors.append(_renderer(json, out))
+    structlog.configure(
+        processors=processors,
+        logger_factory=structlog.WriteLoggerFactory(cast(TextIO, out)),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    )
+    if install_handler:
+        core = logging.getLogger(LOGGER_NAME)
+        _install_handler(core, out, json, number)
+        core.propagate = False

@@ -1,0 +1,381 @@
+"""OpenTelemetry traces for exitguard: one ``exitguard.exit`` span per exit.
+
+``TracingHooks`` implements the ``Hooks`` Protocol. Each exit gets a span named
+``exitguard.exit`` whose parent is the caller's current span (if any); it is made current
+for the whole exit, so the venue's own instrumentation, the metrics' exemplars and the log
+events all carry its trace id. Each submission gets a child ``exitguard.exit.attempt`` span
+(current while it runs). State transitions, backoff waits, retries and reconciliation
+look-ups are events on the exit span; the status is ERROR when the exit did not close.
+
+``configure_tracing`` sets up the OTLP/HTTP exporter behind a ``BatchSpanProcessor``: spans
+are queued in memory and exported by a background thread with a bounded timeout, so an
+unreachable or slow collector never slows an exit::
+
+    from exitguard.telemetry import configure_tracing, instrument, shutdown_tracing
+
+    provider = configure_tracing("http://127.0.0.1:4318")  # -> .../v1/traces
+    instrument(guard, tracer_provider=provider)
+    ...
+    shutdown_tracing(provider)  # flushes what is queued, bounded in time
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
+from ..outcome import ExitOutcome, ExitStatus
+from ..venue import Fill, TxStatus
+from ._context import redact
+
+if TYPE_CHECKING:
+    from ..breaker import BreakerState
+    from ..errors import ErrorClass
+    from ..halt import HaltRecord
+    from ..state_machine import TransitionRecord
+
+__all__ = [
+    "ATTEMPT_SPAN",
+    "EXIT_SPAN",
+    "LATE_FILL_SPAN",
+    "TracingHooks",
+    "configure_tracing",
+    "shutdown_tracing",
+]
+
+INSTRUMENTATION_NAME: Final = "exitguard"
+
+# Span names.
+EXIT_SPAN: Final = "exitguard.exit"
+ATTEMPT_SPAN: Final = "exitguard.exit.attempt"
+LATE_FILL_SPAN: Final = "exitguard.exit.late_fill"
+
+# Exit span attributes.
+A_GUARD: Final = "exitguard.guard"
+A_POSITION_ID: Final = "exitguard.position.id"
+A_SYMBOL: Final = "exitguard.position.symbol"
+A_SIZE: Final = "exitguard.position.size"
+A_SIGNAL_PRICE: Final = "exitguard.signal_price"
+A_REASON: Final = "exitguard.reason"
+A_DEADLINE: Final = "exitguard.deadline_s"
+A_OUTCOME: Final = "exitguard.outcome"
+A_ATTEMPTS: Final = "exitguard.attempts"
+A_SLIPPAGE: Final = "exitguard.slippage_bps"
+A_FILLED: Final = "exitguard.filled_size"
+A_DEADLINE_EXCEEDED: Final = "exitguard.deadline_exceeded"
+A_PENDING: Final = "exitguard.pending_tx_ids"
+A_VENUE: Final = "exitguard.venue"
+A_ERROR_TYPE: Final = "error.type"  # OpenTelemetry semantic convention: the error class
+
+# Attempt span attributes.
+A_ATTEMPT: Final = "exitguard.attempt.number"
+A_MODE: Final = "exitguard.order.mode"
+A_MAX_SLIPPAGE: Final = "exitguard.order.max_slippage_bps"
+A_PRIORITY_FEE: Final = "exitguard.order.priority_fee"
+A_TX_ID: Final = "exitguard.tx_id"
+A_RESULT: Final = "exitguard.attempt.result"
+A_FILL_SIZE: Final = "exitguard.fill.size"
+A_FILL_PRICE: Final = "exitguard.fill.price"
+
+# Events on the exit span, and their attributes.
+E_TRANSITION: Final = "exitguard.transition"
+E_BACKOFF: Final = "exitguard.backoff"
+E_RETRY: Final = "exitguard.retry"
+E_RECONCILE: Final = "exitguard.reconcile"
+E_BREAKER: Final = "exitguard.breaker.transition"
+E_HALTED: Final = "exitguard.trading.halted"
+E_RESUMED: Final = "exitguard.trading.resumed"
+A_FROM: Final = "exitguard.state.from"
+A_TO: Final = "exitguard.state.to"
+A_DETAIL: Final = "exitguard.detail"
+A_LATE: Final = "exitguard.late"
+A_DELAY: Final = "exitguard.backoff.delay_s"
+A_NEXT_ATTEMPT: Final = "exitguard.attempt.next"
+A_TX_STATUS: Final = "exitguard.tx.status"
+A_BREAKER: Final = "exitguard.breaker"
+
+_OK_RESULTS = frozenset({AttemptResult.FILLED, AttemptResult.PARTIAL})
+
+
+def _exit_attributes(info: ExitInfo) -> dict[str, Any]:
+    position = info.position
+    return {
+        A_GUARD: info.guard,
+        A_POSITION_ID: position.id,
+        A_SYMBOL: position.symbol,
+        A_SIZE: position.size,
+        A_SIGNAL_PRICE: info.signal_price,
+        A_REASON: info.reason,
+        A_DEADLINE: info.deadline_s,
+    }
+
+
+class _TraceObserver:
+    """Owns one exit's span (current from exit_started to exit_finished) and its attempts."""
+
+    __slots__ = (
+        "_add_event", "_attempt", "_attempt_attributes", "_attempt_token", "_attributes",
+        "_context", "_span", "_token", "_tracer",
+    )
+
+    def __init__(self, tracer: Tracer, info: ExitInfo) -> None:
+        self._tracer = tracer
+        # Attributes are set once, when the span ends (one validation pass instead of two;
+        # a span is exported only once it has ended anyway).
+        self._attributes = _exit_attributes(info)
+        span = tracer.start_span(EXIT_SPAN)
+        self._span = span
+        # The SDK's add_event re-validates every attribute of every event (a third of the
+        # cost of tracing an exit); ours are a few str/int/float/bool values under every
+        # limit, so an SDK span takes them as they are. Any other span: the public API.
+        self._add_event = getattr(span, "_add_event", None) if isinstance(span, SdkSpan) else None
+        self._context = trace.set_span_in_context(span)
+        self._token: object | None = otel_context.attach(self._context)
+        self._attempt: Span | None = None
+        self._attempt_attributes: dict[str, Any] = {}
+        self._attempt_token: object | None = None
+
+    def attempt_started(self, attempt: AttemptInfo) -> None:
+        if self._attempt is not None:  # a previous attempt never reported: close it
+            self._end_attempt("superseded by the next attempt")
+        order = attempt.order
+        attributes: dict[str, Any] = {
+            A_ATTEMPT: attempt.number,
+            A_MODE: order.mode.value,
+            A_MAX_SLIPPAGE: order.max_slippage_bps,
+            A_VENUE: attempt.venue,
+        }
+        if order.priority_fee is not None:
+            attributes[A_PRIORITY_FEE] = order.priority_fee
+        span = self._tracer.start_span(ATTEMPT_SPAN, self._context)
+        self._attempt = span
+        self._attempt_attributes = attributes
+        self._attempt_token = otel_context.attach(trace.set_span_in_context(span, self._context))
+
+    def attempt_finished(self, report: AttemptReport) -> None:
+        span = self._attempt
+        if span is None:
+            return
+        attributes = self._attempt_attributes
+        attributes[A_RESULT] = report.result.value
+        if report.tx_id is not None:
+            attributes[A_TX_ID] = report.tx_id
+        if report.error_class is not None:
+            attributes[A_ERROR_TYPE] = report.error_class.value
+        span.set_attributes(attributes)
+        if report.result not in _OK_RESULTS:
+            span.set_status(Status(
+                StatusCode.ERROR, redact(report.error) if report.error else report.result.value
+            ))
+        self._attempt = None
+        span.end()
+        self._detach_attempt()
+
+    def _detach_attempt(self) -> None:
+        token, self._attempt_token = self._attempt_token, None
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def _end_attempt(self, why: str) -> None:
+        span, self._attempt = self._attempt, None
+        if span is not None:
+            span.set_attributes(self._attempt_attributes)
+            span.set_status(Status(StatusCode.ERROR, why))
+            span.end()
+        self._detach_attempt()
+
+    def _event(self, name: str, attributes: dict[str, Any]) -> None:
+        add = self._add_event
+        if add is not None:
+            add(Event(name, attributes))
+        else:
+            self._span.add_event(name, attributes)
+
+    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
+        self._event(
+            E_RETRY, {A_ERROR_TYPE: error_class.value, A_NEXT_ATTEMPT: next_attempt}
+        )
+
+    def backoff(self, delay_s: float) -> None:
+        self._event(E_BACKOFF, {A_DELAY: delay_s})
+
+    def transition(self, record: TransitionRecord) -> None:
+        attributes: dict[str, Any] = {
+            A_FROM: record.from_state.value, A_TO: record.to_state.value,
+        }
+        if record.detail:
+            attributes[A_DETAIL] = record.detail
+        if record.tx_id is not None:
+            attributes[A_TX_ID] = record.tx_id
+        if record.late:
+            attributes[A_LATE] = True
+        self._event(E_TRANSITION, attributes)
+
+    def reconciled(self, tx_id: str, status: TxStatus) -> None:
+        self._event(E_RECONCILE, {A_TX_ID: tx_id, A_TX_STATUS: status.value})
+
+    def exit_finished(self, outcome: ExitOutcome) -> None:
+        if self._attempt is not None:
+            self._end_attempt(f"exit ended during the attempt ({outcome.reason})")
+        span = self._span
+        attributes = self._attributes
+        attributes[A_OUTCOME] = outcome.status.value
+        attributes[A_ATTEMPTS] = outcome.attempts
+        attributes[A_FILLED] = outcome.filled_size
+        attributes[A_DEADLINE_EXCEEDED] = outcome.deadline_exceeded
+        if outcome.slippage_bps is not None:
+            attributes[A_SLIPPAGE] = outcome.slippage_bps
+        if outcome.error_class is not None:
+            attributes[A_ERROR_TYPE] = outcome.error_class.value
+        if outcome.pending_tx_ids:
+            attributes[A_PENDING] = list(outcome.pending_tx_ids)
+        span.set_attributes(attributes)
+        if outcome.status is not ExitStatus.CLOSED:
+            span.set_status(Status(StatusCode.ERROR, redact(outcome.reason)))
+        span.end()
+        token, self._token = self._token, None
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+
+class TracingHooks:
+    """Hooks that trace each exit (see the module docstring).
+
+    ``tracer_provider``: where spans go (default: the global one, set by
+    ``configure_tracing`` or by the bot's own OpenTelemetry set-up).
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        from .. import __version__
+
+        self.tracer_provider = tracer_provider
+        self.tracer: Tracer = trace.get_tracer(
+            INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
+        )
+
+    def exit_started(self, exit: ExitInfo) -> _TraceObserver:
+        return _TraceObserver(self.tracer, exit)
+
+    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
+        pass
+
+    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
+        # Background reconciliation runs in a task created while the exit span was current,
+        # so the late fill's span joins the exit's trace.
+        attributes = _exit_attributes(exit)
+        attributes.update({A_TX_ID: fill.tx_id, A_FILL_SIZE: fill.size,
+                           A_FILL_PRICE: fill.price})
+        self.tracer.start_span(LATE_FILL_SPAN, attributes=attributes).end()
+
+    def _event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, attributes)
+
+    def breaker_transition(
+        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
+    ) -> None:
+        self._event(E_BREAKER, {A_GUARD: guard, A_BREAKER: breaker, A_FROM: old.value,
+                                A_TO: new.value})
+
+    def halted(self, guard: str, record: HaltRecord) -> None:
+        self._event(E_HALTED, {A_GUARD: guard, A_DETAIL: record.reason})
+
+    def resumed(self, guard: str, record: HaltRecord) -> None:
+        self._event(E_RESUMED, {A_GUARD: guard, A_DETAIL: record.reason})
+
+
+# -- set-up ------------------------------------------------------------------------------
+
+
+def _traces_url(endpoint: str) -> str:
+    """``http://host:4318`` -> ``http://host:4318/v1/traces``; a full URL is kept."""
+    endpoint = endpoint.strip()
+    if "://" not in endpoint:
+        endpoint = f"http://{endpoint}"
+    scheme, rest = endpoint.split("://", 1)
+    if "/" not in rest or (rest.endswith("/") and rest.count("/") == 1):
+        return f"{scheme}://{rest.rstrip('/')}/v1/traces"
+    return endpoint
+
+
+def configure_tracing(
+    endpoint: str | None,
+    *,
+    service_name: str = "exitguard",
+    timeout: float = 2.0,
+    set_global: bool = True,
+    exporter: SpanExporter | None = None,
+    schedule_delay: float = 1.0,
+    max_queue_size: int = 2048,
+    resource_attributes: Mapping[str, str] | None = None,
+) -> TracerProvider:
+    """A TracerProvider exporting over OTLP/HTTP in batches, off the exit's path.
+
+    ``endpoint``: the collector, ``http://host:4318`` (``/v1/traces`` is appended) or the
+    full traces URL. None reads ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``; with neither, spans are still created (trace ids for
+    exemplars and logs) but not exported. ``exporter`` replaces the OTLP exporter (tests,
+    benchmarks). ``timeout`` (seconds) bounds each export, retries included; exports run
+    on the BatchSpanProcessor's thread every ``schedule_delay`` seconds, and when the
+    in-memory queue (``max_queue_size`` spans) is full, new spans are dropped rather than
+    waited for. ``set_global`` installs it as the global provider (once per process, an
+    OpenTelemetry rule); ``instrument(guard)`` then uses it without being told.
+    """
+    if not (isinstance(timeout, int | float) and timeout > 0):
+        raise ValueError(f"timeout must be a number > 0, got {timeout!r}")
+    attributes: dict[str, str] = {"service.name": service_name}
+    attributes.update(resource_attributes or {})
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if exporter is None:
+        url = endpoint
+        if url is None:
+            url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+            if url is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+                url = _traces_url(os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        else:
+            url = _traces_url(url)
+        if url is not None:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter,
+            )
+
+            exporter = OTLPSpanExporter(endpoint=url, timeout=float(timeout))
+    if exporter is not None:
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter,
+                max_queue_size=max_queue_size,
+                schedule_delay_millis=schedule_delay * 1000,
+                export_timeout_millis=timeout * 1000,
+            )
+        )
+    if set_global:
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def shutdown_tracing(provider: trace.TracerProvider | None = None, timeout: float = 5.0) -> bool:
+    """Flush what is queued and stop exporting, waiting at most ``timeout`` seconds.
+
+    True if it finished in time. ``provider`` defaults to the global one.
+    """
+    target = provider if provider is not None else trace.get_tracer_provider()
+    stop = getattr(target, "shutdown", None)
+    if stop is None:
+        return True
+    worker = threading.Thread(target=stop, name="exitguard-tracing-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return not worker.is_alive()
