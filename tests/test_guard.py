@@ -492,3 +492,33 @@ def test_bug_003_scenario_with_defensive_fix() -> None:
     assert venue.violations == []
     assert ExitState.ESCALATED in [r.to_state for r in outcome.history]
 
+
+
+def test_closing_right_after_an_unresolved_exit_still_reports_the_pending_ids() -> None:
+    venue = ScriptedVenue([HANG_FOREVER], price=95.0)
+    hooks = RecordingHooks()
+
+    async def main() -> ExitOutcome:
+        guard = ExitGuard(venue, hooks=hooks)
+        outcome = await guard.exit(POSITION, signal_price=95.0)
+        await guard.aclose()  # cancels reconciliation before it ever ran
+        assert guard.reconciling == 0
+        return outcome
+
+    outcome = run_virtual(main())
+    assert outcome.status is ExitStatus.UNRESOLVED
+    assert ("pending_resolved", ("tx1", "pending")) in hooks.events
+
+
+def test_an_internal_error_still_finishes_the_exit_and_its_hooks() -> None:
+    def broken_classifier(exc: BaseException) -> ErrorClass:
+        raise ZeroDivisionError("bug in a user's classifier")
+
+    venue = ScriptedVenue([TxPlan(send_error=NetworkError("reset"))], price=95.0)
+    hooks = RecordingHooks()
+    outcome, guard = exit_once(venue, hooks=hooks, classify=broken_classifier)
+    assert outcome.status is ExitStatus.FAILED
+    assert outcome.reason == "internal error: ZeroDivisionError"
+    assert hooks.names()[-1] == "exit_finished"
+    assert guard.in_flight == 0
+    assert is_valid_path(outcome.history)

@@ -189,11 +189,17 @@ class ExitGuard:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _spawn_background(self, run: _ExitRun) -> None:
+        run.background_pending = dict(run.pending)
         task = asyncio.get_running_loop().create_task(
             run.reconcile_in_background(), name=f"exitguard-reconcile-{run.position.id}"
         )
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._background.discard(task)
+            run.report_unresolved()  # also when cancelled before it ever ran
+
+        task.add_done_callback(done)
 
     # -- the exit -------------------------------------------------------------------------
 
@@ -262,6 +268,7 @@ class _ExitRun:
         self.route: _Route | None = None
         self.permit: Permit | None = None
         self.in_flight_submission: tuple[Submission, ErrorClass] | None = None
+        self.background_pending: dict[str, tuple[Submission, ErrorClass]] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -331,13 +338,14 @@ class _ExitRun:
             self.observer = hooks.exit_started(self.info)
         guard.in_flight += 1
         try:
-            self._to(ExitState.EXIT_SIGNAL_RECEIVED, detail=self.reason)
-            picked = guard._pick_route()
-            if picked is None:
-                self._to(ExitState.EXIT_REFUSED, detail="every venue's circuit breaker is open")
-                return self._finish(ExitStatus.REFUSED, "circuit breaker open")
-            self.route, self.permit = picked
             try:
+                self._to(ExitState.EXIT_SIGNAL_RECEIVED, detail=self.reason)
+                picked = guard._pick_route()
+                if picked is None:
+                    self._to(ExitState.EXIT_REFUSED,
+                             detail="every venue's circuit breaker is open")
+                    return self._finish(ExitStatus.REFUSED, "circuit breaker open")
+                self.route, self.permit = picked
                 status, why = await self._run(self.route.venue)
             except asyncio.CancelledError:
                 self._finish_cancelled()
@@ -350,13 +358,15 @@ class _ExitRun:
             guard.in_flight -= 1
 
     def _give_up(self, why: str) -> tuple[ExitStatus, str]:
+        """End the exit from wherever it is: UNRESOLVED if something may still land."""
+        complete = self.sm.is_complete()
         if self.pending:
-            if self.sm.can_transition(ExitState.EXIT_UNRESOLVED):
-                self._to(ExitState.EXIT_UNRESOLVED, detail=why)
-            else:
-                self._to(ExitState.EXIT_FAILED, detail=why)
+            if not complete:
+                unresolved = self.sm.can_transition(ExitState.EXIT_UNRESOLVED)
+                self._to(ExitState.EXIT_UNRESOLVED if unresolved else ExitState.EXIT_FAILED,
+                         detail=why)
             return ExitStatus.UNRESOLVED, why
-        if not self.sm.is_complete():
+        if not complete:
             self._to(ExitState.EXIT_FAILED, detail=why)
         return ExitStatus.FAILED, why
 
@@ -615,7 +625,7 @@ class _ExitRun:
         hooks = self.guard._hooks
         until = self.loop.time() + self.guard.background_reconcile_for
         interval = self.guard.reconcile_interval
-        pending = dict(self.pending)
+        pending = self.background_pending
         try:
             while pending:
                 for tx_id, (submission, _cause) in list(pending.items()):
@@ -646,13 +656,20 @@ class _ExitRun:
                 "gave up reconciling %s of exit %s after %gs: check them by hand",
                 ", ".join(pending), self.position.id, self.guard.background_reconcile_for,
             )
-        except asyncio.CancelledError:
-            _log.error("reconciliation of %s abandoned (guard closed)", ", ".join(pending))
-            raise
         finally:
-            if hooks is not None:
-                for tx_id in pending:
-                    hooks.pending_resolved(self.info, tx_id, TxStatus.PENDING)
+            self.report_unresolved()
+
+    def report_unresolved(self) -> None:
+        """Report what background reconciliation could not resolve (once): it stops being
+        tracked, as PENDING, so gauges of unresolved transactions come back down."""
+        pending, self.background_pending = self.background_pending, {}
+        if not pending:
+            return
+        _log.error("reconciliation of %s stopped before they resolved", ", ".join(pending))
+        hooks = self.guard._hooks
+        if hooks is not None:
+            for tx_id in pending:
+                hooks.pending_resolved(self.info, tx_id, TxStatus.PENDING)
 
 
 #: Errors after which the transaction certainly did not land.
