@@ -511,14 +511,28 @@ def test_closing_right_after_an_unresolved_exit_still_reports_the_pending_ids() 
 
 
 def test_an_internal_error_still_finishes_the_exit_and_its_hooks() -> None:
-    def broken_classifier(exc: BaseException) -> ErrorClass:
-        raise ZeroDivisionError("bug in a user's classifier")
+    class BrokenLadder(EscalationLadder):
+        def order(self, *args: Any, **kwargs: Any) -> Any:
+            raise ZeroDivisionError("bug while building an order")
 
-    venue = ScriptedVenue([TxPlan(send_error=NetworkError("reset"))], price=95.0)
+    venue = ScriptedVenue(price=95.0)
     hooks = RecordingHooks()
-    outcome, guard = exit_once(venue, hooks=hooks, classify=broken_classifier)
+    outcome, guard = exit_once(venue, hooks=hooks,
+                               ladder=BrokenLadder(EscalationLadder.default().steps))
     assert outcome.status is ExitStatus.FAILED
     assert outcome.reason == "internal error: ZeroDivisionError"
     assert hooks.names()[-1] == "exit_finished"
     assert guard.in_flight == 0
+    assert venue.submit_calls == 0
     assert is_valid_path(outcome.history)
+
+
+def test_a_classifier_that_raises_counts_the_error_as_unknown() -> None:
+    def broken_classifier(exc: BaseException) -> ErrorClass:
+        raise ZeroDivisionError("bug in a user's classifier")
+
+    venue = ScriptedVenue([TxPlan(send_error=NetworkError("reset"))], price=95.0)
+    outcome, _ = exit_once(venue, classify=broken_classifier)
+    assert outcome.status is ExitStatus.FAILED
+    assert outcome.error_class is ErrorClass.UNKNOWN
+    assert "non-retryable" in outcome.reason

@@ -16,7 +16,8 @@ import dataclasses
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from .breaker import BreakerState, CircuitBreaker, Permit
 from .clock import wall_time
@@ -24,6 +25,7 @@ from .deadline import ExitDeadline
 from .errors import (
     Classifier,
     ErrorClass,
+    ExitError,
     InvalidVenueResponse,
     default_classifier,
 )
@@ -44,6 +46,7 @@ from .state_machine import ExitState, ExitStateMachine, TransitionRecord
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus, Venue
 
 _log = logging.getLogger("exitguard.guard")
+_T = TypeVar("_T")
 
 #: Sizes below this are dust: the position counts as closed.
 _DUST = 1e-9
@@ -127,6 +130,9 @@ class ExitGuard:
             halt.on_halt(self._on_halt)
             halt.on_resume(self._on_resume)
         self._background: set[asyncio.Task[None]] = set()
+        # Exits whose submissions are still reconciled in the background, by position id: a
+        # new exit of that position takes them over instead of sending a second order.
+        self._unresolved: dict[str, _ExitRun] = {}
         self.late_fills: deque[tuple[ExitInfo, Fill]] = deque(maxlen=1000)
         self.in_flight = 0
 
@@ -194,9 +200,12 @@ class ExitGuard:
             run.reconcile_in_background(), name=f"exitguard-reconcile-{run.position.id}"
         )
         self._background.add(task)
+        self._unresolved[run.position.id] = run
 
         def done(task: asyncio.Task[None]) -> None:
             self._background.discard(task)
+            if self._unresolved.get(run.position.id) is run:
+                del self._unresolved[run.position.id]
             run.report_unresolved()  # also when cancelled before it ever ran
 
         task.add_done_callback(done)
@@ -269,6 +278,8 @@ class _ExitRun:
         self.permit: Permit | None = None
         self.in_flight_submission: tuple[Submission, ErrorClass] | None = None
         self.background_pending: dict[str, tuple[Submission, ErrorClass]] = {}
+        self.lookup_failures: dict[str, int] = {}
+        self.venue_of: dict[str, Venue] = {}  # submissions adopted from an earlier exit
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -311,6 +322,29 @@ class _ExitRun:
             # Slippage wants the next rung now, not after the step's remaining tries.
             self.step_index = min(self.step_index + 1, len(self.guard.ladder.steps) - 1)
 
+    async def _venue_call(self, awaitable: Awaitable[_T], limit: float) -> _T:
+        """Await a venue call within ``limit``. A CancelledError the venue raises on its own
+        (the exit was not cancelled) is a venue error, not a cancellation of the bot's task."""
+        try:
+            async with asyncio.timeout(max(0.0, limit)):
+                return await awaitable
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise InvalidVenueResponse("the venue raised CancelledError unasked") from None
+
+    def _classify(self, exc: BaseException) -> ErrorClass:
+        """Classification never fails: a classifier that raises means UNKNOWN."""
+        if isinstance(exc, TimeoutError) and not isinstance(exc, ExitError):
+            return ErrorClass.RPC_TIMEOUT
+        try:
+            error_class = self.guard.classify(exc)
+        except Exception:
+            _log.exception("the error classifier raised; the error counts as unknown")
+            return ErrorClass.UNKNOWN
+        return error_class if isinstance(error_class, ErrorClass) else ErrorClass.UNKNOWN
+
     def _add_fill(self, fill: Fill) -> None:
         self.fills.append(fill)
         self.remaining = max(0.0, self.remaining - fill.size)
@@ -346,12 +380,14 @@ class _ExitRun:
                              detail="every venue's circuit breaker is open")
                     return self._finish(ExitStatus.REFUSED, "circuit breaker open")
                 self.route, self.permit = picked
+                self._adopt_earlier_submissions()
                 status, why = await self._run(self.route.venue)
             except asyncio.CancelledError:
                 self._finish_cancelled()
                 raise
             except Exception as exc:  # a bug of ours or an unexpected venue object
                 _log.exception("exitguard: unexpected error during exit of %s", self.position.id)
+                self._keep_in_flight()
                 status, why = self._give_up(f"internal error: {type(exc).__name__}")
             return self._finish(status, why)
         finally:
@@ -370,10 +406,33 @@ class _ExitRun:
             self._to(ExitState.EXIT_FAILED, detail=why)
         return ExitStatus.FAILED, why
 
-    def _finish_cancelled(self) -> None:
+    def _adopt_earlier_submissions(self) -> None:
+        """Take over what an earlier exit of this position left to background reconciliation:
+        it may still land, so it is reconciled before anything new is sent."""
+        earlier = self.guard._unresolved.get(self.position.id)
+        if earlier is None or not earlier.background_pending:
+            return
+        adopted = list(earlier.background_pending.items())
+        earlier.background_pending.clear()
+        hooks = self.guard._hooks
+        for tx_id, entry in adopted:
+            self.pending[tx_id] = entry
+            self.sm.add_pending(tx_id)
+            if earlier.route is not None:
+                self.venue_of[tx_id] = earlier.route.venue
+            if hooks is not None:  # handed over: the earlier exit no longer tracks it
+                hooks.pending_resolved(earlier.info, tx_id, TxStatus.PENDING)
+        _log.warning("exit of %s takes over %s, which may still land", self.position.id,
+                     ", ".join(tx_id for tx_id, _ in adopted))
+
+    def _keep_in_flight(self) -> None:
+        """A submission whose confirmation was interrupted may still land: keep it pending."""
         if self.in_flight_submission is not None:
             submission, cause = self.in_flight_submission
             self.pending.setdefault(submission.tx_id, (submission, cause))
+
+    def _finish_cancelled(self) -> None:
+        self._keep_in_flight()
         if not self.sm.is_complete():
             status, why = self._give_up("cancelled")
         else:
@@ -466,8 +525,7 @@ class _ExitRun:
         limit = max(0.0, min(self.policy.attempt_timeout, self.submission_deadline
                              - self.loop.time()) / 2)
         try:
-            async with asyncio.timeout(limit):
-                price = await venue.price(self.position)
+            price = await self._venue_call(venue.price(self.position), limit)
             if isinstance(price, int | float) and math.isfinite(price) and price > 0:
                 self.last_price = float(price)
                 return self.last_price
@@ -502,18 +560,29 @@ class _ExitRun:
 
         submit_limit = max(0.0, min(policy.attempt_timeout, self.deadline.expires_at - started))
         try:
-            async with asyncio.timeout(submit_limit):
-                submission = await venue.submit(order)
-            if not isinstance(submission, Submission) or not submission.tx_id:
-                raise InvalidVenueResponse(f"submit returned {type(submission).__name__}")
+            submission = await self._venue_call(venue.submit(order), submit_limit)
         except Exception as exc:
-            error_class = self.guard.classify(exc) if not isinstance(exc, TimeoutError) else (
-                ErrorClass.RPC_TIMEOUT
-            )
+            error_class = self._classify(exc)
             self._fail_attempt(error_class, exc, sent=False)
             self._to(ExitState.SUBMISSION_FAILED, detail=f"send failed: {error_class}")
             self._report(attempt, AttemptResult.SEND_FAILED, started,
                          error_class=error_class, error=exc)
+            return
+        if isinstance(submission, str) and submission:
+            _log.warning("venue.submit returned a bare id %r, not a Submission; using it",
+                         submission)
+            submission = Submission(submission, order, None)
+        if not isinstance(submission, Submission) or not submission.tx_id:
+            # submit returned, so the order may be out, but without an id it cannot be
+            # reconciled: another order could sell twice. Stop here.
+            error = InvalidVenueResponse(f"submit returned {type(submission).__name__}"
+                                         " without a transaction id")
+            self._fail_attempt(ErrorClass.INVALID_RESPONSE, error)
+            self.stop_reason = ("submit returned no transaction id: the order may have been"
+                                " sent and cannot be reconciled")
+            self._to(ExitState.SUBMISSION_FAILED, detail="invalid submit response")
+            self._report(attempt, AttemptResult.REJECTED, started,
+                         error_class=ErrorClass.INVALID_RESPONSE, error=error)
             return
 
         tx_id = submission.tx_id
@@ -524,16 +593,12 @@ class _ExitRun:
         left = self.deadline.expires_at - loop.time()
         confirm_limit = max(0.0, min(policy.attempt_timeout, left - self.reserve))
         try:
-            async with asyncio.timeout(confirm_limit):
-                raw = await venue.confirm(submission)
+            raw = await self._venue_call(venue.confirm(submission), confirm_limit)
             fill = self._valid_fill(raw, order)
         except Exception as exc:
-            self.in_flight_submission = None
-            error_class = (
-                ErrorClass.RPC_TIMEOUT if isinstance(exc, TimeoutError)
-                else self.guard.classify(exc)
-            )
+            error_class = self._classify(exc)
             if error_class in _DID_NOT_LAND:
+                self.in_flight_submission = None
                 self.sm.resolve_pending(tx_id)
                 self._fail_attempt(error_class, exc)
                 self._to(ExitState.SUBMISSION_FAILED, detail=str(error_class), tx_id=tx_id)
@@ -544,6 +609,7 @@ class _ExitRun:
                 return
             # Outcome unknown: it may still land. Reconcile before sending anything else.
             self.pending[tx_id] = (submission, error_class)
+            self.in_flight_submission = None
             self.last_error_class = error_class
             self._to(ExitState.CONFIRMATION_TIMEOUT, detail=str(error_class), tx_id=tx_id)
             self._report(attempt, AttemptResult.TIMEOUT, started, tx_id=tx_id,
@@ -563,10 +629,15 @@ class _ExitRun:
 
     async def _lookup(self, venue: Venue, submission: Submission, limit: float) -> Lookup | None:
         try:
-            async with asyncio.timeout(max(0.0, limit)):
-                lookup = await venue.lookup(submission)
+            lookup = await self._venue_call(venue.lookup(submission), limit)
         except Exception as exc:
-            _log.warning("lookup of %s failed: %s", submission.tx_id, _describe(exc))
+            failures = self.lookup_failures.get(submission.tx_id, 0) + 1
+            self.lookup_failures[submission.tx_id] = failures
+            # Once per transaction at WARNING: a lookup that keeps failing is polled for minutes.
+            (_log.warning if failures == 1 else _log.debug)(
+                "lookup of %s failed: %s (attempt %d)", submission.tx_id, _describe(exc),
+                failures,
+            )
             return None
         if not isinstance(lookup, Lookup) or not isinstance(lookup.status, TxStatus):
             _log.warning("lookup of %s returned garbage (%r)", submission.tx_id, lookup)
@@ -581,7 +652,7 @@ class _ExitRun:
 
     async def _reconcile(self, venue: Venue) -> None:
         """Resolve pending submissions within the exit deadline."""
-        if self.sm.current is ExitState.CONFIRMATION_TIMEOUT:
+        if self.sm.current in (ExitState.CONFIRMATION_TIMEOUT, ExitState.EXIT_SIGNAL_RECEIVED):
             self._to(ExitState.RECONCILING)
         interval = self.guard.reconcile_interval
         while self.pending:
@@ -589,7 +660,7 @@ class _ExitRun:
                 left = self.deadline.expires_at - self.loop.time()
                 if left <= 0:
                     return
-                lookup = await self._lookup(venue, submission,
+                lookup = await self._lookup(self.venue_of.get(tx_id, venue), submission,
                                             min(self.policy.attempt_timeout, left))
                 if lookup is None:
                     continue
@@ -627,14 +698,18 @@ class _ExitRun:
         interval = self.guard.reconcile_interval
         pending = self.background_pending
         try:
+            # The exit has just looked these up: give the venue a moment before asking again.
+            await asyncio.sleep(interval)
             while pending:
                 for tx_id, (submission, _cause) in list(pending.items()):
                     left = until - self.loop.time()
-                    lookup = await self._lookup(route.venue, submission,
+                    venue = self.venue_of.get(tx_id, route.venue)
+                    lookup = await self._lookup(venue, submission,
                                                 min(self.policy.attempt_timeout, left))
                     if lookup is None or lookup.status is TxStatus.PENDING:
                         continue
-                    del pending[tx_id]
+                    if pending.pop(tx_id, None) is None:
+                        continue  # a new exit of the position took it over meanwhile
                     if lookup.status is TxStatus.LANDED and lookup.fill is not None:
                         _log.error(
                             "late fill: %s of exit %s landed after the exit ended (%g @ %g)",
@@ -682,7 +757,10 @@ _DID_NOT_LAND = frozenset(
 def _describe(error: BaseException | str) -> str:
     if isinstance(error, str):
         return error
-    text = str(error)
+    try:
+        text = str(error)
+    except Exception:
+        text = "<unprintable>"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

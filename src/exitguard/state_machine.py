@@ -41,8 +41,9 @@ _SEND_FROM = {S.EXIT_SIGNAL_RECEIVED, S.SUBMISSION_FAILED, S.PARTIALLY_FILLED, S
 #: Every allowed transition. Failure is allowed from every non-terminal state.
 ALLOWED: dict[ExitState, frozenset[ExitState]] = {
     S.POSITION_OPEN: frozenset({S.EXIT_SIGNAL_RECEIVED}),
+    # RECONCILING first when the exit takes over an earlier exit's submissions.
     S.EXIT_SIGNAL_RECEIVED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED, S.ESCALATED,
-                                       S.EXIT_REFUSED}),
+                                       S.EXIT_REFUSED, S.RECONCILING}),
     S.SUBMITTED: frozenset({S.POSITION_CLOSED, S.PARTIALLY_FILLED, S.CONFIRMATION_TIMEOUT,
                             S.SUBMISSION_FAILED, S.EXIT_UNRESOLVED}),
     S.CONFIRMATION_TIMEOUT: frozenset({S.RECONCILING, S.EXIT_UNRESOLVED}),
