@@ -257,17 +257,9 @@ class RestartedVenue:
         return Lookup(TxStatus.LANDED, Fill(submission.tx_id, size, 94.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core keeps pending transaction ids only in memory (ExitOutcome and the"
-    " background reconciliation task); a SIGKILL loses them. Needs an optional, file-backed"
-    " PendingStore the guard writes on submit/resolve and a new guard reloads and reconciles"
-    " (exitguard.pending.FilePendingStore, ExitGuard(pending_store=...),"
-    " ExitGuard.resume_pending(), ExitGuard.pending_tx_ids).",
-)
 def test_pending_transaction_ids_survive_the_kill_and_are_reconciled(killed: Killed) -> None:
     assert killed.report["pending_store"], "exitguard.pending.FilePendingStore does not exist"
-    from exitguard.pending import FilePendingStore  # type: ignore[import-not-found]
+    from exitguard.pending import FilePendingStore
 
     store = FilePendingStore(killed.pending_path)
     records = store.load()

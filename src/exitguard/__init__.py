@@ -45,6 +45,13 @@ from .hooks import (
     NoopHooks,
 )
 from .outcome import ExitOutcome, ExitStatus
+from .pending import (
+    FilePendingStore,
+    MemoryPendingStore,
+    PendingRecord,
+    PendingStore,
+    PendingStoreError,
+)
 from .policy import (
     AdaptiveExitExecutor,
     ConfigError,
@@ -91,6 +98,7 @@ __all__ = [
     "ExitTimeoutDetector",
     "ExitTimeoutError",
     "FileHaltStore",
+    "FilePendingStore",
     "Fill",
     "HaltRecord",
     "HaltResumeError",
@@ -101,10 +109,14 @@ __all__ = [
     "InvalidVenueResponse",
     "Lookup",
     "MemoryHaltStore",
+    "MemoryPendingStore",
     "NetworkError",
     "NoopExitObserver",
     "NoopHooks",
     "OrderMode",
+    "PendingRecord",
+    "PendingStore",
+    "PendingStoreError",
     "Position",
     "RetryExhaustedError",
     "RetryPolicy",

@@ -41,6 +41,7 @@ from .hooks import (
     as_safe_hooks,
 )
 from .outcome import ExitOutcome, ExitStatus, exit_figures
+from .pending import PendingRecord, PendingStore
 from .policy import ConfigError, EscalationLadder, RetryPolicy
 from .state_machine import ExitState, ExitStateMachine, TransitionRecord
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus, Venue
@@ -88,6 +89,7 @@ class ExitGuard:
         reconcile_interval: float = 0.25,
         max_reconcile_interval: float = 2.0,
         background_reconcile_for: float = 600.0,
+        pending_store: PendingStore | None = None,
     ) -> None:
         for field, value in (
             ("deadline", deadline),
@@ -134,6 +136,8 @@ class ExitGuard:
         # new exit of that position takes them over instead of sending a second order.
         self._unresolved: dict[str, _ExitRun] = {}
         self.late_fills: deque[tuple[ExitInfo, Fill]] = deque(maxlen=1000)
+        self.pending_store = pending_store
+        self.pending_store_error: str | None = None
         self.in_flight = 0
 
     # -- wiring -------------------------------------------------------------------------
@@ -210,6 +214,85 @@ class ExitGuard:
 
         task.add_done_callback(done)
 
+    # -- submissions that may still land, across restarts ---------------------------------
+
+    def _remember(self, run: _ExitRun, submission: Submission, cause: ErrorClass) -> None:
+        if self.pending_store is None:
+            return
+        record = PendingRecord.of(
+            submission.tx_id, submission.order, guard=self.name,
+            venue=run.route.name if run.route else "", cause=cause, sent_at=wall_time(),
+        )
+        self._store_call("add", record)
+
+    def _forget(self, tx_id: str) -> None:
+        if self.pending_store is not None:
+            self._store_call("remove", tx_id)
+
+    def _store_call(self, method: str, argument: object) -> None:
+        """A store that fails never breaks an exit; the failure is logged once and kept
+        (``pending_store_error`` stays set: a record it lost is not restored by later writes)."""
+        try:
+            getattr(self.pending_store, method)(argument)
+        except Exception as exc:
+            if self.pending_store_error is None:
+                _log.error("pending store %s failed: %s; pending ids are kept in memory only",
+                           method, exc)
+            self.pending_store_error = f"{method}: {exc}"
+
+    @property
+    def pending_tx_ids(self) -> tuple[str, ...]:
+        """Submissions that may still land: reconciled in the background or, with a pending
+        store, recorded by this or an earlier process."""
+        ids = list(self.pending_tx_ids_in_memory())
+        if self.pending_store is not None:
+            try:
+                ids.extend(r.tx_id for r in self.pending_store.load() if r.guard == self.name)
+            except Exception as exc:
+                _log.error("cannot read the pending store: %s", exc)
+        return tuple(dict.fromkeys(ids))
+
+    async def resume_pending(self) -> int:
+        """After a restart: reconcile in the background what the pending store holds for this
+        guard (a landing is a late fill). Returns how many submissions it took up. An
+        unreadable store halts entries (if a halt is configured) and raises."""
+        if self.pending_store is None:
+            return 0
+        try:
+            records = self.pending_store.load()
+        except Exception as exc:
+            if self.halt is not None:
+                self.halt.halt(f"pending store unreadable: {exc}", actor="pending_store")
+            raise
+        tracked = set(self.pending_tx_ids_in_memory())
+        by_position: dict[str, list[PendingRecord]] = {}
+        for record in records:
+            if record.guard == self.name and record.tx_id not in tracked:
+                by_position.setdefault(record.position_id, []).append(record)
+        taken = 0
+        routes = {route.name: route for route in self._routes}
+        for position_id, group in by_position.items():
+            if position_id in self._unresolved:
+                continue
+            first = group[0]
+            run = _ExitRun(self, first.position(), first.reference_price, "resumed after restart")
+            run.resumed = True
+            run.route = routes.get(first.venue, self._routes[0])
+            for record in group:
+                submission = Submission(record.tx_id, record.order(), None)
+                run.pending[record.tx_id] = (submission, record.error_class())
+                if record.venue in routes:
+                    run.venue_of[record.tx_id] = routes[record.venue].venue
+            self._spawn_background(run)
+            taken += len(group)
+        if taken:
+            _log.warning("resumed reconciliation of %d submission(s) left by an earlier process",
+                         taken)
+        return taken
+
+    def pending_tx_ids_in_memory(self) -> tuple[str, ...]:
+        return tuple(tx for run in self._unresolved.values() for tx in run.background_pending)
+
     # -- the exit -------------------------------------------------------------------------
 
     def _pick_route(self) -> tuple[_Route, Permit] | None:
@@ -279,6 +362,7 @@ class _ExitRun:
         self.in_flight_submission: tuple[Submission, ErrorClass] | None = None
         self.background_pending: dict[str, tuple[Submission, ErrorClass]] = {}
         self.lookup_failures: dict[str, int] = {}
+        self.resumed = False  # reconciles what an earlier process left (no exit of ours)
         self.venue_of: dict[str, Venue] = {}  # submissions adopted from an earlier exit
 
     # -- helpers --------------------------------------------------------------------------
@@ -420,7 +504,7 @@ class _ExitRun:
             self.sm.add_pending(tx_id)
             if earlier.route is not None:
                 self.venue_of[tx_id] = earlier.route.venue
-            if hooks is not None:  # handed over: the earlier exit no longer tracks it
+            if hooks is not None and not earlier.resumed:  # handed over: no longer tracked
                 hooks.pending_resolved(earlier.info, tx_id, TxStatus.PENDING)
         _log.warning("exit of %s takes over %s, which may still land", self.position.id,
                      ", ".join(tx_id for tx_id, _ in adopted))
@@ -586,6 +670,7 @@ class _ExitRun:
             return
 
         tx_id = submission.tx_id
+        guard._remember(self, submission, ErrorClass.RPC_TIMEOUT)
         self.sm.add_pending(tx_id)
         self.in_flight_submission = (submission, ErrorClass.RPC_TIMEOUT)
         self._to(ExitState.SUBMITTED, detail=f"{order.mode} {order.max_slippage_bps}bps",
@@ -600,6 +685,7 @@ class _ExitRun:
             if error_class in _DID_NOT_LAND:
                 self.in_flight_submission = None
                 self.sm.resolve_pending(tx_id)
+                guard._forget(tx_id)
                 self._fail_attempt(error_class, exc)
                 self._to(ExitState.SUBMISSION_FAILED, detail=str(error_class), tx_id=tx_id)
                 result = (AttemptResult.EXPIRED if error_class is ErrorClass.TX_EXPIRED
@@ -617,6 +703,7 @@ class _ExitRun:
             return
         self.in_flight_submission = None
         self.sm.resolve_pending(tx_id)
+        guard._forget(tx_id)
         self._add_fill(fill)
         if self.remaining <= 0:
             self._to(ExitState.POSITION_CLOSED, tx_id=tx_id)
@@ -670,6 +757,7 @@ class _ExitRun:
                     continue
                 del self.pending[tx_id]
                 self.sm.resolve_pending(tx_id)
+                self.guard._forget(tx_id)
                 if lookup.status is TxStatus.LANDED and lookup.fill is not None:
                     self._add_fill(lookup.fill)
                     if self.remaining <= 0:
@@ -710,6 +798,7 @@ class _ExitRun:
                         continue
                     if pending.pop(tx_id, None) is None:
                         continue  # a new exit of the position took it over meanwhile
+                    self.guard._forget(tx_id)
                     if lookup.status is TxStatus.LANDED and lookup.fill is not None:
                         _log.error(
                             "late fill: %s of exit %s landed after the exit ended (%g @ %g)",
@@ -718,7 +807,7 @@ class _ExitRun:
                         self.guard.late_fills.append((self.info, lookup.fill))
                         if hooks is not None:
                             hooks.late_fill(self.info, lookup.fill)
-                    if hooks is not None:
+                    if hooks is not None and not self.resumed:
                         hooks.pending_resolved(self.info, tx_id, lookup.status)
                 if not pending:
                     return
@@ -742,7 +831,7 @@ class _ExitRun:
             return
         _log.error("reconciliation of %s stopped before they resolved", ", ".join(pending))
         hooks = self.guard._hooks
-        if hooks is not None:
+        if hooks is not None and not self.resumed:
             for tx_id in pending:
                 hooks.pending_resolved(self.info, tx_id, TxStatus.PENDING)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, TradingHalted
+from .filestore import atomic_write_json
 
 _log = logging.getLogger("exitguard.halt")
 
@@ -113,17 +113,7 @@ class FileHaltStore:
             "reason": snapshot.reason,
             "history": [asdict(record) for record in snapshot.history],
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_json(self.path, payload)
 
 
 HaltListener = Callable[[HaltRecord], None]
