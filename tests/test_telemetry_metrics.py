@@ -72,25 +72,9 @@ def scrape(server: MetricsServer, *, openmetrics: bool = False) -> Scrape:
     return Scrape(values, exemplars)
 
 
-#: prometheus_client writes no ``_sum`` for a histogram with a negative bucket (the
-#: slippage histogram's -50) but keeps ``_count``, which its own strict OpenMetrics parser
-#: then rejects; parse family by family and skip that one.
-UNPARSABLE_OPENMETRICS = {cat.EXIT_SLIPPAGE.name}
-
-
 def _openmetrics(text: str) -> Iterator[Any]:
-    blocks: list[list[str]] = []
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or not blocks:
-            blocks.append([])
-        if line != "# EOF":
-            blocks[-1].append(line)
-    for block in blocks:
-        name = block[0].split()[2] if block and block[0].startswith("# HELP") else ""
-        if name in UNPARSABLE_OPENMETRICS:
-            continue
-        yield from openmetrics_families(  # type: ignore[no-untyped-call]
-            "\n".join(block) + "\n# EOF\n")
+    """The whole exposition through prometheus_client's strict OpenMetrics parser."""
+    yield from openmetrics_families(text)  # type: ignore[no-untyped-call]
 
 
 def delta(before: Scrape, after: Scrape) -> dict[Key, float]:
@@ -176,8 +160,9 @@ def test_first_attempt_success(registry: CollectorRegistry, server: MetricsServe
         assert moved.pop(series) == value, series
     assert moved.pop(key(D.replace("_count", "_sum"), guard="bot")) == pytest.approx(
         outcome.elapsed_s)
-    # The slippage histogram has negative buckets, so prometheus_client exposes no _sum.
-    assert key(slippage.series("sum"), guard="bot") not in after.values
+    # Its _sum is exposed (no negative bucket), so dashboards can show the average.
+    assert moved.pop(key(slippage.series("sum"), guard="bot")) == pytest.approx(
+        outcome.slippage_bps)
     assert moved.pop(key(amp.series("sum"), guard="bot")) == pytest.approx(5.6 / 5.0)
     buckets = {k: v for k, v in moved.items() if k[0].endswith("_bucket")}
     # 63 bps lands in le=100 and above, 1.12 in le=1.25 and above, the duration in every

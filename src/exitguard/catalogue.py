@@ -19,9 +19,11 @@ GUARD_LABEL = "guard"
 DURATION_BUCKETS: tuple[float, ...] = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 25.0, 30.0, 45.0, 60.0, 120.0,
 )
-#: Slippage of the average fill against the signal price, adverse positive (bps).
+#: Slippage of the average fill against the signal price, adverse positive (bps). No negative
+#: bucket: OpenMetrics drops a histogram's ``_sum`` when buckets go below zero, and the average
+#: needs it; favourable fills land in the ``le="0"`` bucket.
 SLIPPAGE_BUCKETS: tuple[float, ...] = (
-    -50.0, 0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0,
+    0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0,
 )
 #: Realized loss divided by the loss at the signal price (1.0 = no amplification).
 LOSS_AMPLIFICATION_BUCKETS: tuple[float, ...] = (

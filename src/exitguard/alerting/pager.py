@@ -41,7 +41,7 @@ import apprise
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
-from exitguard.hooks import NoopHooks
+from exitguard.hooks import ExitInfo, NoopHooks
 
 from .rules import RUNBOOK_BASE_URL
 
@@ -368,6 +368,7 @@ class Pager(NoopHooks):
         self._inflight: set[concurrent.futures.Future[None]] = set()
         self._closed = False
         self._worker = _LoopThread() if self._channels else None
+        self._watched: set[str] = set()
 
     def _channel(self, number: int, url: str) -> _Channel:
         try:
@@ -447,6 +448,17 @@ class Pager(NoopHooks):
         )
 
     # --- hooks (called by the core; must return at once and never raise) ---------------------
+
+    def exit_started(self, exit: ExitInfo) -> None:
+        """On a guard's first exit, start its page counters at 0 for every channel and result,
+        so dashboards and rules see the series before the first page."""
+        if exit.guard in self._watched or self._counter is None:
+            return None
+        self._watched.add(exit.guard)
+        for channel in self._channels:
+            for result in PageResult:
+                self._counter.labels(exit.guard, channel.kind, result.value)
+        return None
 
     def breaker_transition(
         self, guard: str, breaker: str, old: BreakerState, new: BreakerState
