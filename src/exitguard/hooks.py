@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ErrorClass
 from .venue import ExitOrder, Fill, Position, TxStatus
@@ -145,9 +145,6 @@ class NoopHooks:
         pass
 
 
-_T = TypeVar("_T")
-
-
 class _FailureLog:
     """Logs the first failure of each (hook class, method) and counts the rest."""
 
@@ -271,5 +268,3 @@ def as_safe_hooks(hooks: Hooks | Sequence[Hooks] | None) -> SafeHooks | None:
         return SafeHooks(*hooks) if hooks else None
     return SafeHooks(hooks)
 
-
-Listener = Callable[..., None]
