@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .breaker import BreakerState, CircuitBreaker, Permit
@@ -244,7 +244,7 @@ class ExitGuard:
     def pending_tx_ids(self) -> tuple[str, ...]:
         """Submissions that may still land: reconciled in the background or, with a pending
         store, recorded by this or an earlier process."""
-        ids = list(self.pending_tx_ids_in_memory())
+        ids = list(self._pending_in_memory())
         if self.pending_store is not None:
             try:
                 ids.extend(r.tx_id for r in self.pending_store.load() if r.guard == self.name)
@@ -264,7 +264,7 @@ class ExitGuard:
             if self.halt is not None:
                 self.halt.halt(f"pending store unreadable: {exc}", actor="pending_store")
             raise
-        tracked = set(self.pending_tx_ids_in_memory())
+        tracked = set(self._pending_in_memory())
         by_position: dict[str, list[PendingRecord]] = {}
         for record in records:
             if record.guard == self.name and record.tx_id not in tracked:
@@ -290,7 +290,7 @@ class ExitGuard:
                          taken)
         return taken
 
-    def pending_tx_ids_in_memory(self) -> tuple[str, ...]:
+    def _pending_in_memory(self) -> tuple[str, ...]:
         return tuple(tx for run in self._unresolved.values() for tx in run.background_pending)
 
     # -- the exit -------------------------------------------------------------------------
@@ -737,91 +737,92 @@ class _ExitRun:
                 return None
         return lookup
 
-    async def _reconcile(self, venue: Venue) -> None:
-        """Resolve pending submissions within the exit deadline."""
-        if self.sm.current in (ExitState.CONFIRMATION_TIMEOUT, ExitState.EXIT_SIGNAL_RECEIVED):
-            self._to(ExitState.RECONCILING)
+    async def _poll(
+        self,
+        pending: dict[str, tuple[Submission, ErrorClass]],
+        venue: Venue,
+        until: float,
+        answer: Callable[[str, ErrorClass, Lookup], None],
+    ) -> None:
+        """Look up every submission in ``pending`` until none is left or loop time ``until``
+        passes, backing off between rounds; ``answer`` handles each look-up (and removes what
+        resolved)."""
         interval = self.guard.reconcile_interval
-        while self.pending:
-            for tx_id, (submission, cause) in list(self.pending.items()):
-                left = self.deadline.expires_at - self.loop.time()
+        while pending:
+            for tx_id, (submission, cause) in list(pending.items()):
+                left = until - self.loop.time()
                 if left <= 0:
                     return
                 lookup = await self._lookup(self.venue_of.get(tx_id, venue), submission,
                                             min(self.policy.attempt_timeout, left))
-                if lookup is None:
-                    continue
-                if self.observer is not None:
-                    self.observer.reconciled(tx_id, lookup.status)
-                if lookup.status is TxStatus.PENDING:
-                    continue
-                del self.pending[tx_id]
-                self.sm.resolve_pending(tx_id)
-                self.guard._forget(tx_id)
-                if lookup.status is TxStatus.LANDED and lookup.fill is not None:
-                    self._add_fill(lookup.fill)
-                    if self.remaining <= 0:
-                        self._to(ExitState.POSITION_CLOSED, detail="landed", tx_id=tx_id)
-                    else:
-                        self._to(ExitState.PARTIALLY_FILLED, detail="landed", tx_id=tx_id)
-                else:
-                    self._fail_attempt(cause, f"{tx_id} {lookup.status}")
-                    self._to(ExitState.SUBMISSION_FAILED, detail=str(lookup.status),
-                             tx_id=tx_id)
-            if not self.pending:
-                return
-            left = self.deadline.expires_at - self.loop.time()
-            if left <= 0:
+                if lookup is not None:
+                    answer(tx_id, cause, lookup)
+            left = until - self.loop.time()
+            if not pending or left <= 0:
                 return
             await asyncio.sleep(min(interval, left))
             interval = min(interval * 2, self.guard.max_reconcile_interval)
+
+    async def _reconcile(self, venue: Venue) -> None:
+        """Resolve pending submissions within the exit deadline."""
+        if self.sm.current in (ExitState.CONFIRMATION_TIMEOUT, ExitState.EXIT_SIGNAL_RECEIVED):
+            self._to(ExitState.RECONCILING)
+        await self._poll(self.pending, venue, self.deadline.expires_at, self._resolved)
+
+    def _resolved(self, tx_id: str, cause: ErrorClass, lookup: Lookup) -> None:
+        if self.observer is not None:
+            self.observer.reconciled(tx_id, lookup.status)
+        if lookup.status is TxStatus.PENDING:
+            return
+        del self.pending[tx_id]
+        self.sm.resolve_pending(tx_id)
+        self.guard._forget(tx_id)
+        if lookup.status is TxStatus.LANDED and lookup.fill is not None:
+            self._add_fill(lookup.fill)
+            state = ExitState.POSITION_CLOSED if self.remaining <= 0 else (
+                ExitState.PARTIALLY_FILLED
+            )
+            self._to(state, detail="landed", tx_id=tx_id)
+        else:
+            self._fail_attempt(cause, f"{tx_id} {lookup.status}")
+            self._to(ExitState.SUBMISSION_FAILED, detail=str(lookup.status), tx_id=tx_id)
 
     async def reconcile_in_background(self) -> None:
         """After an UNRESOLVED exit: keep asking until every submission resolves."""
         route = self.route
         if route is None:
             return
-        hooks = self.guard._hooks
-        until = self.loop.time() + self.guard.background_reconcile_for
-        interval = self.guard.reconcile_interval
         pending = self.background_pending
         try:
             # The exit has just looked these up: give the venue a moment before asking again.
-            await asyncio.sleep(interval)
-            while pending:
-                for tx_id, (submission, _cause) in list(pending.items()):
-                    left = until - self.loop.time()
-                    venue = self.venue_of.get(tx_id, route.venue)
-                    lookup = await self._lookup(venue, submission,
-                                                min(self.policy.attempt_timeout, left))
-                    if lookup is None or lookup.status is TxStatus.PENDING:
-                        continue
-                    if pending.pop(tx_id, None) is None:
-                        continue  # a new exit of the position took it over meanwhile
-                    self.guard._forget(tx_id)
-                    if lookup.status is TxStatus.LANDED and lookup.fill is not None:
-                        _log.error(
-                            "late fill: %s of exit %s landed after the exit ended (%g @ %g)",
-                            tx_id, self.position.id, lookup.fill.size, lookup.fill.price,
-                        )
-                        self.guard.late_fills.append((self.info, lookup.fill))
-                        if hooks is not None:
-                            hooks.late_fill(self.info, lookup.fill)
-                    if hooks is not None and not self.resumed:
-                        hooks.pending_resolved(self.info, tx_id, lookup.status)
-                if not pending:
-                    return
-                left = until - self.loop.time()
-                if left <= 0:
-                    break
-                await asyncio.sleep(min(interval, left))
-                interval = min(interval * 2, self.guard.max_reconcile_interval)
-            _log.error(
-                "gave up reconciling %s of exit %s after %gs: check them by hand",
-                ", ".join(pending), self.position.id, self.guard.background_reconcile_for,
-            )
+            await asyncio.sleep(self.guard.reconcile_interval)
+            until = self.loop.time() + self.guard.background_reconcile_for
+            await self._poll(pending, route.venue, until, self._resolved_late)
+            if pending:
+                _log.error(
+                    "gave up reconciling %s of exit %s after %gs: check them by hand",
+                    ", ".join(pending), self.position.id, self.guard.background_reconcile_for,
+                )
         finally:
             self.report_unresolved()
+
+    def _resolved_late(self, tx_id: str, cause: ErrorClass, lookup: Lookup) -> None:
+        if lookup.status is TxStatus.PENDING:
+            return
+        if self.background_pending.pop(tx_id, None) is None:
+            return  # a new exit of the position took it over meanwhile
+        self.guard._forget(tx_id)
+        hooks = self.guard._hooks
+        if lookup.status is TxStatus.LANDED and lookup.fill is not None:
+            _log.error(
+                "late fill: %s of exit %s landed after the exit ended (%g @ %g)",
+                tx_id, self.position.id, lookup.fill.size, lookup.fill.price,
+            )
+            self.guard.late_fills.append((self.info, lookup.fill))
+            if hooks is not None:
+                hooks.late_fill(self.info, lookup.fill)
+        if hooks is not None and not self.resumed:
+            hooks.pending_resolved(self.info, tx_id, lookup.status)
 
     def report_unresolved(self) -> None:
         """Report what background reconciliation could not resolve (once): it stops being
