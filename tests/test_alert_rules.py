@@ -87,7 +87,8 @@ def test_expected_alerts_exist_once_per_severity() -> None:
         "ExitguardExitDeadlineExceeded", "ExitguardExitFailed",
         "ExitguardUnresolvedExitTransactions", "ExitguardExitP99Slow",
         "ExitguardExitRetryRateHigh", "ExitguardExitSlippageHigh", "ExitguardLossAmplified",
-        "ExitguardTargetDown", "ExitguardMetricsAbsent",
+        "ExitguardTargetDown", "ExitguardMetricsAbsent", "ExitguardFaultsAbsorbed",
+        "ExitguardTraceExportFailing",
     }
 
 
@@ -129,15 +130,49 @@ def test_every_rule_has_severity_summary_description_and_runbook() -> None:
         assert notes["runbook_url"].startswith(RUNBOOK_BASE_URL + "#"), alert
 
 
+def _specs(expr: str) -> set[catalogue.MetricSpec]:
+    return {catalogue.BY_NAME[catalogue.base_metric_name(n)] for n in METRIC_NAME.findall(expr)}
+
+
 def test_rules_on_guard_metrics_keep_the_guard_label() -> None:
     for rule in _generated():
         if rule["alert"] in ("ExitguardTargetDown", "ExitguardMetricsAbsent"):
             continue
+        specs = _specs(rule["expr"])
+        assert specs, rule["alert"]
+        if not any(spec.per_guard for spec in specs):
+            continue  # process-wide metrics have no guard label to keep
         for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
             assert "guard" in grouping, f"{rule['alert']}: by ({grouping}) drops the guard"
     breaker = next(r for r in _generated() if r["alert"] == "ExitguardCircuitBreakerTripped")
     for grouping in re.findall(r"\bby \(([^)]*)\)", breaker["expr"]):
         assert "breaker" in grouping
+
+
+def test_rules_on_process_wide_metrics_keep_their_target() -> None:
+    """A metric without a guard label (one trace exporter per process) is told apart by its
+    scrape target: grouping must keep job and instance, and never name a guard."""
+    process_wide = [
+        r for r in _generated()
+        if (specs := _specs(r["expr"])) and not any(spec.per_guard for spec in specs)
+    ]
+    assert [r["alert"] for r in process_wide] == ["ExitguardTraceExportFailing"]
+    for rule in process_wide:
+        for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+            labels = {s.strip() for s in grouping.split(",")}
+            assert {"job", "instance"} <= labels, f"{rule['alert']}: by ({grouping})"
+            assert "guard" not in labels, f"{rule['alert']}: by ({grouping})"
+        assert "$labels.instance" in rule["annotations"]["description"], rule["alert"]
+        assert "$labels.guard" not in rule["annotations"]["description"], rule["alert"]
+
+
+def test_faults_rule_names_the_component() -> None:
+    rule = next(r for r in _generated() if r["alert"] == "ExitguardFaultsAbsorbed")
+    assert catalogue.FAULTS.name in rule["expr"]
+    for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+        assert {s.strip() for s in grouping.split(",")} == {"guard", "component"}
+    assert "$labels.component" in rule["annotations"]["description"]
+    assert rule["labels"]["severity"] == "warning"
 
 
 def test_every_runbook_anchor_is_a_heading_of_the_runbooks() -> None:

@@ -274,6 +274,8 @@ def test_required_panels_and_types(model: dict[str, Any]) -> None:
         "Trading halted": "state-timeline",
         "Breaker trips, halts and resumes": "timeseries",
         "Pages sent": "timeseries",
+        "Faults absorbed": "timeseries",
+        "Trace export failures": "timeseries",
     }
     for title, kind in required.items():
         assert title in by_title, f"missing panel {title!r}"
@@ -286,6 +288,33 @@ def test_required_panels_and_types(model: dict[str, Any]) -> None:
     assert texts == {v: n.replace("_", "-") for n, v in cat.BREAKER_STATE_VALUES.items()}
     modes = by_title["Attempts by order mode"]["targets"][0]["expr"]
     assert "sum by (mode)" in modes
+
+
+def test_process_wide_metrics_are_not_filtered_by_guard(model: dict[str, Any]) -> None:
+    """A metric without a guard label would match nothing under ``guard=~"$guard"``."""
+    checked = set()
+    for where, expr in dash.panel_queries(model):
+        for match in re.finditer(r"\b(exitguard_[A-Za-z0-9_:]*)\{([^}]*)\}", expr):
+            spec = cat.BY_NAME[cat.base_metric_name(match.group(1))]
+            matchers = match.group(2)
+            assert 'job=~"$job"' in matchers, f"{where}: {match.group(0)}"
+            assert 'instance=~"$instance"' in matchers, f"{where}: {match.group(0)}"
+            has_guard = f'{cat.GUARD_LABEL}=~"$guard"' in matchers
+            assert has_guard == spec.per_guard, f"{where}: {match.group(0)}"
+            checked.add(spec.name)
+    assert cat.TRACE_EXPORT_FAILURES.name in checked
+    assert cat.FAULTS.name in checked
+
+
+def test_fault_panels(model: dict[str, Any]) -> None:
+    faults = _panel(model, "Faults absorbed")["targets"]
+    assert [t["expr"].startswith("sum by (component) (increase(") for t in faults] == [True]
+    assert cat.FAULTS.name in faults[0]["expr"]
+    assert faults[0]["legendFormat"] == "{{component}}"
+    export = _panel(model, "Trace export failures")["targets"]
+    assert len(export) == 1
+    assert cat.TRACE_EXPORT_FAILURES.name in export[0]["expr"]
+    assert not re.search(rf"\b{cat.GUARD_LABEL}\b", export[0]["expr"])
 
 
 def test_layout_ids_unique_and_grid_fits(model: dict[str, Any]) -> None:

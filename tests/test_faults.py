@@ -55,6 +55,7 @@ from exitguard import (
     TradingHalted,
     TxStatus,
 )
+from exitguard.faults import FaultSource
 from exitguard.halt import FileHaltStore, HaltSnapshot
 from exitguard.hooks import AttemptReport, AttemptResult
 from exitguard.state_machine import is_valid_path
@@ -351,6 +352,11 @@ def test_a_hook_that_raises_everywhere_changes_nothing_and_is_logged_once_per_me
                                                                          "breaker_transition"))
     assert counts[("RaisingObserver", "exit_finished")] == 2
     assert raising.observers == 3
+    # Counted as the guard's hook faults (exitguard_faults_total{component="hook"}), once
+    # each, and nothing else is counted as a fault.
+    faults = guard.fault_counts
+    assert faults[FaultSource.HOOK] == sum(counts.values())
+    assert {source for source, n in faults.items() if n} == {FaultSource.HOOK}
 
 
 # -- a venue that raises unexpected exception types -------------------------------------------
@@ -441,10 +447,55 @@ def test_an_error_that_cannot_be_classified_keeps_the_sent_order_pending(method:
             raise ValueError("classifier bug")
 
         options = {"classify": classify}
-    outcome, _, recording = run_exit(venue, **options)
+    outcome, guard, recording = run_exit(venue, **options)
     assert venue.sold_eventually() == pytest.approx(10.0)  # it did land
     assert_promises(outcome, venue, recording)
     assert outcome.status in (ExitStatus.CLOSED, ExitStatus.UNRESOLVED)
+    # Either way the classification raised (the default classifier reads str(exc)).
+    assert guard.fault_counts[FaultSource.CLASSIFIER] == 1
+
+
+def test_a_raising_classifier_is_logged_once_per_guard_and_counted_every_time(
+    logs: LogRecords,
+) -> None:
+    calls = 0
+
+    def classify(exc: BaseException) -> ErrorClass:
+        nonlocal calls
+        calls += 1
+        raise ValueError("classifier bug")
+
+    venue = FaultyVenue(lambda i: TxPlan(send_error=NetworkError("reset")))
+
+    async def main() -> ExitGuard:
+        guard = ExitGuard(venue, policy=POLICY, deadline=DEADLINE, classify=classify)
+        for i in range(3):
+            outcome = await guard.exit(Position(f"p{i}", "SOL", 1.0, 100.0), signal_price=95.0)
+            assert outcome.status is ExitStatus.FAILED
+        return guard
+
+    guard = run_virtual(main())
+    assert calls >= 3
+    assert guard.fault_counts[FaultSource.CLASSIFIER] == calls
+    assert len(logs.matching("the error classifier raised", logging.ERROR)) == 1
+
+
+def test_a_dead_price_feed_is_logged_once_per_exit_and_counted_every_time(
+    logs: LogRecords,
+) -> None:
+    venue = FaultyVenue(lambda i: TxPlan(send_error=NetworkError("reset")),
+                        raises={"price": ConnectionResetError("price feed down")})
+
+    async def main() -> ExitGuard:
+        guard = ExitGuard(venue, policy=POLICY, deadline=DEADLINE)
+        for i in range(2):
+            await guard.exit(Position(f"p{i}", "SOL", 1.0, 100.0), signal_price=95.0)
+        return guard
+
+    guard = run_virtual(main())
+    assert venue.calls["price"] >= 4  # a quote before each attempt
+    assert guard.fault_counts[FaultSource.QUOTE] == venue.calls["price"]
+    assert len(logs.matching("price quote failed")) == 2
 
 
 def test_a_venue_raising_cancelled_error_on_its_own_is_a_venue_error() -> None:
@@ -555,11 +606,12 @@ GARBAGE_PRICES: dict[str, Any] = {
 @pytest.mark.parametrize("price", GARBAGE_PRICES.values(), ids=GARBAGE_PRICES.keys())
 def test_a_garbage_price_never_reaches_an_order(price: Any, logs: LogRecords) -> None:
     venue = FaultyVenue(garbage={"price": lambda answer: price})
-    outcome, _, recording = run_exit(venue)
+    outcome, guard, recording = run_exit(venue)
     assert_promises(outcome, venue, recording)
     assert outcome.status is ExitStatus.CLOSED
     assert venue.sent[0].order.reference_price == 95.0  # the signal price stood in
     assert len(logs.matching("invalid price")) == 1
+    assert guard.fault_counts[FaultSource.QUOTE] == venue.calls["price"] >= 1
 
 
 GARBAGE_SUBMISSIONS: dict[str, Callable[[Submission], Any]] = {
@@ -599,20 +651,21 @@ def test_a_bare_transaction_id_from_submit_is_taken_as_the_submission() -> None:
 
 
 def test_a_failing_lookup_is_logged_once_per_transaction() -> None:
-    # Each poll of a lookup that keeps failing logs a warning again (every 0.25-2 s, for the
-    # 600 s of background reconciliation: hundreds of lines per transaction). The failures
-    # also never reach the hooks, so no metric counts them (see the report).
+    # A lookup that keeps failing is polled every 0.25-2 s for the 600 s of background
+    # reconciliation: a warning for each would be hundreds of lines per transaction. One
+    # warning per transaction; every failure counted (exitguard_faults_total{lookup}).
     handler = LogRecords()
     logger = logging.getLogger("exitguard")
     logger.addHandler(handler)
     try:
         venue = FaultyVenue([HANG_FOREVER], raises={"lookup": ConnectionResetError("reset")})
-        outcome, _, recording = run_exit(venue, drain_for=60.0)
+        outcome, guard, recording = run_exit(venue, drain_for=60.0)
     finally:
         logger.removeHandler(handler)
     assert outcome.status is ExitStatus.UNRESOLVED
     assert venue.calls["lookup"] > 10
     assert len(handler.matching("lookup of tx1 failed")) == 1
+    assert guard.fault_counts[FaultSource.LOOKUP] == venue.calls["lookup"]
     assert events(recording, "exit_finished") == [outcome]
 
 
@@ -840,6 +893,7 @@ def test_a_corrupt_halt_file_means_halted_and_exits_still_run(
     outcome, guard, recording = run_exit(venue, halt=halt)
     assert_promises(outcome, venue, recording)
     assert outcome.status is ExitStatus.CLOSED
+    assert guard.fault_counts[FaultSource.HALT_STORE] == 1  # the one failed read
     with pytest.raises(TradingHalted):
         guard.check_entry()
     # An approved resume writes a good file over the corrupt one.
@@ -882,6 +936,7 @@ def test_an_unwritable_halt_file_keeps_the_halt_in_memory(
     assert len(events(recording, "halted")) == 1
     assert len(logs.matching("cannot write halt store", logging.ERROR)) == 1
     assert len(logs.matching("TRADING HALTED", logging.ERROR)) == 1
+    assert guard.fault_counts[FaultSource.HALT_STORE] == 1  # the one failed write
     assert not path.exists()
 
 
@@ -1028,15 +1083,15 @@ def _loop_lag_monitor(stop: asyncio.Event, lags: list[float]) -> Coroutine[Any, 
 
 
 def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
-    list[ExitOutcome], list[float], float, Any, int
+    list[ExitOutcome], list[float], float, Any, int, int, LogRecords
 ]:
     """``exits`` exits (a quarter hang: UNRESOLVED) with traces to ``endpoint`` and metrics,
-    twelve at a time; returns the outcomes, loop lags, the time shutdown took, the registry
-    and the number of spans ended."""
+    twelve at a time; returns the outcomes, loop lags, the time shutdown took, the registry,
+    the number of spans ended, the failed batches counted and the export's log records."""
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
     from prometheus_client import CollectorRegistry
 
-    from exitguard import telemetry
+    from exitguard import catalogue, telemetry
 
     class Ended(SpanProcessor):
         def __init__(self) -> None:
@@ -1070,16 +1125,31 @@ def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
         await guard.aclose()
         return outcomes, lags
 
-    outcomes, lags = asyncio.run(main())
-    started = time.perf_counter()
-    telemetry.shutdown_tracing(provider, timeout=2.0)
-    shutdown = time.perf_counter() - started
+    records = LogRecords()
+    watched = [logging.getLogger(name) for name in (
+        "exitguard.telemetry", "opentelemetry.exporter.otlp.proto.http.trace_exporter")]
+    for logger in watched:
+        logger.addHandler(records)
+    from exitguard.telemetry._export_failures import TRACE_EXPORT_FAILURES
+
+    before = TRACE_EXPORT_FAILURES.total
+    try:
+        outcomes, lags = asyncio.run(main())
+        started = time.perf_counter()
+        telemetry.shutdown_tracing(provider, timeout=2.0)
+        shutdown = time.perf_counter() - started
+    finally:
+        for logger in watched:
+            logger.removeHandler(records)
     assert venue.violations == []
-    return outcomes, lags, shutdown, registry, ended.count
+    scraped = registry.get_sample_value(catalogue.TRACE_EXPORT_FAILURES.name)
+    assert scraped == TRACE_EXPORT_FAILURES.total
+    return (outcomes, lags, shutdown, registry, ended.count,
+            TRACE_EXPORT_FAILURES.total - before, records)
 
 
 def _assert_unharmed(outcomes: list[ExitOutcome], lags: list[float], shutdown: float,
-                     registry: Any, spans: int) -> None:
+                     registry: Any, spans: int, failed: int, records: LogRecords) -> None:
     from exitguard import catalogue
 
     assert all(o.elapsed_s <= REAL_DEADLINE + REAL_SLACK for o in outcomes)
@@ -1094,6 +1164,13 @@ def _assert_unharmed(outcomes: list[ExitOutcome], lags: list[float], shutdown: f
         )
         assert value == count
     assert spans >= 2 * len(outcomes)  # every exit and attempt span was still made
+    # The outage is counted per failed batch (one process-wide series) and logged once:
+    # exitguard's line, and the OTLP exporter's own lines for the first batch only.
+    assert failed >= 2, "the exports should have failed batch after batch"
+    ours = records.matching("exitguard trace export failed", logging.ERROR)
+    assert len(ours) == 1
+    theirs = records.of("opentelemetry", logging.WARNING)
+    assert len(theirs) <= 3, [r.getMessage() for r in theirs]
 
 
 def test_an_otlp_collector_that_is_down_never_slows_an_exit() -> None:

@@ -18,6 +18,7 @@ from exitguard import (
     TradingHalt,
 )
 from exitguard.errors import ErrorClass
+from exitguard.faults import FaultSource
 from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual
 from exitguard.venue import ExitOrder, Fill, Lookup, OrderMode, Submission, TxStatus
 
@@ -86,15 +87,17 @@ def test_a_failing_store_never_breaks_an_exit() -> None:
         def add(self, record: PendingRecord) -> None:
             raise OSError(28, "No space left on device")
 
-    async def main() -> tuple[ExitStatus, str | None]:
+    async def main() -> tuple[ExitStatus, str | None, int]:
         guard = ExitGuard(ScriptedVenue(price=95.0), pending_store=BrokenStore())
         outcome = await guard.exit(POSITION, signal_price=95.0)
-        return outcome.status, guard.pending_store_error
+        return (outcome.status, guard.pending_store_error,
+                guard.fault_counts[FaultSource.PENDING_STORE])
 
-    status, error = run_virtual(main())
+    status, error, faults = run_virtual(main())
     assert status is ExitStatus.CLOSED
     assert error is not None
     assert "No space left" in error
+    assert faults == 1  # the one failed write (exitguard_faults_total{pending_store})
 
 
 def test_resumed_submissions_are_taken_over_by_a_new_exit() -> None:

@@ -23,20 +23,25 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exitguard import (
     CircuitBreaker,
+    ErrorClass,
     ExitGuard,
     ExitOutcome,
     ExitStatus,
     InsufficientBalance,
+    NetworkError,
+    NoopHooks,
     Position,
     RetryPolicy,
     RpcTimeout,
     TradingHalt,
 )
 from exitguard import catalogue as cat
+from exitguard.faults import FaultSource
 from exitguard.telemetry import (
     REGISTERED_METRICS,
     MetricsServer,
     PrometheusHooks,
+    TelemetryHooks,
     instrument,
     serve_metrics,
 )
@@ -78,10 +83,11 @@ def _openmetrics(text: str) -> Iterator[Any]:
 
 
 def delta(before: Scrape, after: Scrape) -> dict[Key, float]:
-    """Every series that moved (``_created`` timestamps left out)."""
+    """Every series that moved (``_created`` timestamps left out, and the process-wide trace
+    export failures, which an earlier test's exporter thread may still be moving)."""
     moved: dict[Key, float] = {}
     for key, value in after.values.items():
-        if key[0].endswith("_created"):
+        if key[0].endswith("_created") or key[0] == cat.TRACE_EXPORT_FAILURES.name:
             continue
         change = value - before.values.get(key, 0.0)
         if change:
@@ -388,7 +394,8 @@ def test_every_catalogue_metric_is_registered_as_catalogued(
         for sample in samples:
             labels = set(sample.labels) - {"le"}
             assert labels == set(spec.all_labels), (spec.name, sample.labels)
-            assert sample.labels["guard"] == "bot"
+            if spec.per_guard:
+                assert sample.labels["guard"] == "bot"
         if spec.kind == "histogram":
             bounds = sorted(float(s.labels["le"]) for s in samples if s.name.endswith("_bucket"))
             assert bounds == [*spec.buckets, float("inf")], spec.name
@@ -495,3 +502,54 @@ def test_retry_policy_with_backoff_counts_each_retry(
     assert moved[key(cat.EXIT_RETRIES.name, guard="bot", error_class="network")] == 2
     assert moved[key(A, guard="bot", mode="limit", result="send_failed")] == 2
     assert moved[key(cat.EXITS_RETRIED.name, guard="bot")] == 1
+
+
+class _LookupDown(ScriptedVenue):
+    async def lookup(self, submission: Any) -> Any:
+        raise ConnectionResetError("rpc down")
+
+
+class _BrokenPart(NoopHooks):
+    """A telemetry part that raises inside ``TelemetryHooks`` (which isolates it)."""
+
+    def exit_started(self, exit: Any) -> None:
+        raise RuntimeError("broken part")
+
+
+class _BrokenHook(NoopHooks):
+    def exit_started(self, exit: Any) -> None:
+        raise RuntimeError("broken hook")
+
+
+def test_absorbed_faults_are_counted_once_each_and_scraped(
+    registry: CollectorRegistry, server: MetricsServer
+) -> None:
+    def classify(exc: BaseException) -> ErrorClass:
+        raise ValueError("classifier bug")
+
+    venue = _LookupDown([TxPlan(hang=True, lands_after=None, expires_after=1e9),
+                         TxPlan(send_error=NetworkError("reset"))], price=95.0)
+
+    async def main() -> ExitGuard:
+        guard = ExitGuard(venue, name="bot", hooks=_BrokenHook(), classify=classify,
+                          background_reconcile_for=30.0)
+        instrument(guard, registry=registry, logs=False, traces=False)
+        zero = scrape(server)
+        for source in FaultSource:  # every component's series exists from the start
+            assert key(cat.FAULTS.name, guard="bot", component=source.value) in zero.values
+        guard.add_hooks(TelemetryHooks(_BrokenPart()))
+        await guard.exit(POSITION, signal_price=95.0, reason="stop_loss")
+        await guard.exit(Position("pos-2", "SOL", 1.0, 100.0), signal_price=95.0)
+        await guard.drain()
+        return guard
+
+    guard = run_virtual(main())
+    after = scrape(server)
+    counts = guard.fault_counts
+    assert counts[FaultSource.HOOK] == 2 + 2  # each hook raised at each of the two exits
+    assert counts[FaultSource.LOOKUP] >= 5  # polled while the first order may still land
+    assert counts[FaultSource.CLASSIFIER] >= 1  # the send error of the second exit
+    for source, count in counts.items():
+        assert after.get(cat.FAULTS.name, guard="bot", component=source.value) == count
+    # Process-wide, no guard label.
+    assert key(cat.TRACE_EXPORT_FAILURES.name) in after.values

@@ -5,9 +5,11 @@ as parent; an unreachable or slow collector never slows an exit (real clock)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -306,3 +308,39 @@ def test_endpoint_from_environment(
     provider.get_tracer("t").start_span("from-env").end()
     assert shutdown_tracing(provider, timeout=5)
     assert [s.name for s in receiver.wait_for(lambda s: len(s) >= 1)] == ["from-env"]
+
+
+def test_an_export_outage_is_logged_once_counted_per_batch_and_its_end_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from exitguard.telemetry import CountingSpanExporter
+    from exitguard.telemetry._export_failures import TRACE_EXPORT_FAILURES
+
+    class Flaky(SpanExporter):
+        def __init__(self) -> None:
+            self.answers: list[SpanExportResult | Exception] = [
+                SpanExportResult.FAILURE, RuntimeError("token=s3cret refused"),
+                SpanExportResult.FAILURE, SpanExportResult.SUCCESS, SpanExportResult.FAILURE,
+            ]
+
+        def export(self, spans: Any) -> SpanExportResult:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    before = TRACE_EXPORT_FAILURES.total
+    exporter = CountingSpanExporter(Flaky())
+    with caplog.at_level(logging.WARNING, logger="exitguard.telemetry"):
+        results = [exporter.export([]) for _ in range(5)]
+    assert results == [SpanExportResult.FAILURE] * 3 + [SpanExportResult.SUCCESS,
+                                                        SpanExportResult.FAILURE]
+    assert exporter.failures == 4
+    assert TRACE_EXPORT_FAILURES.total - before == 4
+    messages = [r.getMessage() for r in caplog.records if r.name == "exitguard.telemetry"]
+    assert len([m for m in messages if "trace export failed" in m]) == 2  # two outages
+    assert len([m for m in messages if "recovered after 3 failed" in m]) == 1
+    assert not any("s3cret" in m for m in messages)
+    exporter.shutdown()

@@ -12,7 +12,7 @@ from typing import Literal
 
 MetricKind = Literal["counter", "gauge", "histogram"]
 
-#: Every metric carries the guard's name; label values are always bounded.
+#: Every per-guard metric carries the guard's name; label values are always bounded.
 GUARD_LABEL = "guard"
 
 #: Exit duration buckets (seconds); 30 is the default deadline so breaches are exact.
@@ -40,11 +40,15 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
+    #: False for the few process-wide metrics (one trace exporter serves every guard).
+    per_guard: bool = True
 
     @property
     def all_labels(self) -> tuple[str, ...]:
-        """Labels in exposition order; ``guard`` always comes first."""
-        return self.labels if GUARD_LABEL in self.labels else (GUARD_LABEL, *self.labels)
+        """Labels in exposition order; ``guard`` comes first on every per-guard metric."""
+        if not self.per_guard or GUARD_LABEL in self.labels:
+            return self.labels
+        return (GUARD_LABEL, *self.labels)
 
     @property
     def base_name(self) -> str:
@@ -127,12 +131,23 @@ ALERTS_SENT = MetricSpec(
     "exitguard_alerts_sent_total", "counter", "In-process pages, by channel and result.",
     ("channel", "result"),
 )
+FAULTS = MetricSpec(
+    "exitguard_faults_total", "counter",
+    "Failures absorbed so exits went on, by component (values: exitguard.faults.FaultSource).",
+    ("component",),
+)
+TRACE_EXPORT_FAILURES = MetricSpec(
+    "exitguard_trace_export_failures_total", "counter",
+    "Span batches the trace exporter failed to deliver (dropped); process-wide.",
+    per_guard=False,
+)
 
 ALL_METRICS: tuple[MetricSpec, ...] = (
     EXITS, EXITS_FIRST_ATTEMPT, EXITS_RETRIED, EXIT_ATTEMPTS, EXIT_RETRIES,
     EXIT_DEADLINE_EXCEEDED, EXIT_DURATION, EXIT_SLIPPAGE, EXIT_LOSS_AMPLIFICATION,
     EXITS_IN_FLIGHT, UNRESOLVED_TRANSACTIONS, LATE_FILLS, BREAKER_STATE, BREAKER_TRANSITIONS,
-    BREAKER_TRIPS, TRADING_HALTED, TRADING_HALTS, TRADING_RESUMES, ALERTS_SENT,
+    BREAKER_TRIPS, TRADING_HALTED, TRADING_HALTS, TRADING_RESUMES, ALERTS_SENT, FAULTS,
+    TRACE_EXPORT_FAILURES,
 )
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in ALL_METRICS}
 

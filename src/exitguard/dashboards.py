@@ -80,7 +80,8 @@ _ALL = ".*"
 # The metric whose label values fill the job/instance/guard pickers: a guard's in-flight gauge
 # appears with its first exit and never goes away, so every guard that ever exited is listed.
 _VARIABLE_SOURCE = cat.EXITS_IN_FLIGHT.name
-_SELECTOR = f'job=~"$job", instance=~"$instance", {cat.GUARD_LABEL}=~"$guard"'
+_PROCESS_SELECTOR = 'job=~"$job", instance=~"$instance"'
+_SELECTOR = f'{_PROCESS_SELECTOR}, {cat.GUARD_LABEL}=~"$guard"'
 _RATE = "$__rate_interval"
 _RANGE = "$__range"
 # Refused exits (trading halted before any order) never made an attempt: they would dilute
@@ -95,8 +96,13 @@ _GREEN, _YELLOW, _ORANGE, _RED, _BLUE = "green", "yellow", "orange", "red", "blu
 
 
 def _sel(spec: cat.MetricSpec, suffix: str = "", extra: str = "") -> str:
-    """A selector for one series of ``spec``, filtered by the dashboard's variables."""
-    matchers = f"{_SELECTOR}, {extra}" if extra else _SELECTOR
+    """A selector for one series of ``spec``, filtered by the dashboard's variables.
+
+    A process-wide metric (``per_guard=False``) has no guard label: filtering it by guard
+    would match nothing, so it is filtered by job and instance only.
+    """
+    selector = _SELECTOR if spec.per_guard else _PROCESS_SELECTOR
+    matchers = f"{selector}, {extra}" if extra else selector
     return f"{spec.series(suffix)}{{{matchers}}}"
 
 
@@ -517,6 +523,24 @@ def _controls() -> _Panels:
     ]
 
 
+def _faults() -> _Panels:
+    return [
+        _timeseries("Faults absorbed", "Failures exitguard absorbed so exits went on, per"
+            " window, by component: hook, lookup, quote, classifier, pending_store, halt_store"
+            " (see the runbook of ExitguardFaultsAbsorbed).", "short",
+            [_query(_increase(cat.FAULTS, by=("component",)), "{{component}}", "A")],
+            w=16, bars=True, stacked=True,
+        ),
+        _timeseries("Trace export failures", "Span batches the trace exporter failed to deliver"
+            " (their spans were dropped), per window and process. Not filtered by guard: one"
+            " exporter serves every guard of a process; exits are unaffected.", "short",
+            [_query(_increase(cat.TRACE_EXPORT_FAILURES, by=("instance",)), "{{instance}}",
+                    "A")],
+            w=8, bars=True,
+        ),
+    ]
+
+
 def _variables(datasource_uid: str, job: str) -> list[cog_builder.Builder[dash_m.VariableModel]]:
     def query_var(name: str, label: str, query: str) -> dash_b.QueryVariable:
         return (
@@ -610,7 +634,7 @@ def _exit_health(datasource_uid: str, job: str, title: str) -> dict[str, Any]:
         .uid(_dashboard_uid(job))
         .description(
             "Exits of trading bots guarded by exitguard: outcomes, time against the deadline,"
-            " retries and escalation, slippage, breaker and halts, pages."
+            " retries and escalation, slippage, breaker and halts, pages, absorbed faults."
         )
         .tags(["exitguard", "trading"])
         .editable()
@@ -627,6 +651,7 @@ def _exit_health(datasource_uid: str, job: str, title: str) -> dict[str, Any]:
         ("Orders and retries", _orders()),
         ("Execution quality", _quality()),
         ("Breaker, halts and pages", _controls()),
+        ("Absorbed faults and trace export", _faults()),
     ]
     for row_title, panels in sections:
         board = board.with_row(dash_b.Row(row_title))

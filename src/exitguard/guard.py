@@ -29,6 +29,7 @@ from .errors import (
     InvalidVenueResponse,
     default_classifier,
 )
+from .faults import FaultCounts, FaultSource
 from .halt import HaltRecord, TradingHalt
 from .hooks import (
     AttemptInfo,
@@ -139,6 +140,7 @@ class ExitGuard:
         self.pending_store = pending_store
         self.pending_store_error: str | None = None
         self.in_flight = 0
+        self.faults = FaultCounts()
 
     # -- wiring -------------------------------------------------------------------------
 
@@ -148,8 +150,19 @@ class ExitGuard:
 
     def add_hooks(self, *hooks: Hooks) -> None:
         """Attach more hooks (what ``exitguard.telemetry.instrument`` calls)."""
-        current = self._hooks.hooks if self._hooks is not None else ()
-        self._hooks = SafeHooks(*current, *hooks)
+        self._hooks = self._hooks.extended(*hooks) if self._hooks is not None else SafeHooks(*hooks)
+
+    @property
+    def fault_counts(self) -> dict[FaultSource, int]:
+        """Failures absorbed so exits went on, by source (every source, zeros included):
+        the guard's own, its hooks' and its halt store's. Each was logged where it happened
+        (once per kind); ``exitguard_faults_total`` exposes these counts."""
+        counts = self.faults.snapshot()
+        if self._hooks is not None:
+            counts[FaultSource.HOOK] += self._hooks.failure_total
+        if self.halt is not None:
+            counts[FaultSource.HALT_STORE] += self.halt.store_failures
+        return counts
 
     @property
     def routes(self) -> tuple[tuple[str, CircuitBreaker], ...]:
@@ -235,6 +248,7 @@ class ExitGuard:
         try:
             getattr(self.pending_store, method)(argument)
         except Exception as exc:
+            self.faults.add(FaultSource.PENDING_STORE)
             if self.pending_store_error is None:
                 _log.error("pending store %s failed: %s; pending ids are kept in memory only",
                            method, exc)
@@ -249,6 +263,7 @@ class ExitGuard:
             try:
                 ids.extend(r.tx_id for r in self.pending_store.load() if r.guard == self.name)
             except Exception as exc:
+                self.faults.add(FaultSource.PENDING_STORE)
                 _log.error("cannot read the pending store: %s", exc)
         return tuple(dict.fromkeys(ids))
 
@@ -261,6 +276,7 @@ class ExitGuard:
         try:
             records = self.pending_store.load()
         except Exception as exc:
+            self.faults.add(FaultSource.PENDING_STORE)
             if self.halt is not None:
                 self.halt.halt(f"pending store unreadable: {exc}", actor="pending_store")
             raise
@@ -362,6 +378,7 @@ class _ExitRun:
         self.in_flight_submission: tuple[Submission, ErrorClass] | None = None
         self.background_pending: dict[str, tuple[Submission, ErrorClass]] = {}
         self.lookup_failures: dict[str, int] = {}
+        self.quote_failed = False
         self.resumed = False  # reconciles what an earlier process left (no exit of ours)
         self.venue_of: dict[str, Venue] = {}  # submissions adopted from an earlier exit
 
@@ -425,7 +442,11 @@ class _ExitRun:
         try:
             error_class = self.guard.classify(exc)
         except Exception:
-            _log.exception("the error classifier raised; the error counts as unknown")
+            faults = self.guard.faults
+            if not faults.snapshot()[FaultSource.CLASSIFIER]:
+                _log.exception("the error classifier raised; the error counts as unknown"
+                               " (logged once per guard, counted in every case)")
+            faults.add(FaultSource.CLASSIFIER)
             return ErrorClass.UNKNOWN
         return error_class if isinstance(error_class, ErrorClass) else ErrorClass.UNKNOWN
 
@@ -613,10 +634,19 @@ class _ExitRun:
             if isinstance(price, int | float) and math.isfinite(price) and price > 0:
                 self.last_price = float(price)
                 return self.last_price
-            _log.warning("venue returned an invalid price %r; using the last known", price)
+            self._quote_failed(f"invalid price {price!r}")
         except Exception as exc:
-            _log.warning("price quote failed (%s); using the last known price", _describe(exc))
+            self._quote_failed(_describe(exc))
         return self.last_price if self.last_price is not None else self.signal_price
+
+    def _quote_failed(self, why: str) -> None:
+        """Counted every time, logged once per exit (a dead price feed would otherwise log
+        at every attempt of every exit)."""
+        self.guard.faults.add(FaultSource.QUOTE)
+        if not self.quote_failed:
+            self.quote_failed = True
+            _log.warning("price quote failed for the exit of %s (%s); using the last known"
+                         " price", self.position.id, why)
 
     async def _attempt(self, venue: Venue) -> None:
         guard, policy, loop = self.guard, self.policy, self.loop
@@ -718,24 +748,26 @@ class _ExitRun:
         try:
             lookup = await self._venue_call(venue.lookup(submission), limit)
         except Exception as exc:
-            failures = self.lookup_failures.get(submission.tx_id, 0) + 1
-            self.lookup_failures[submission.tx_id] = failures
-            # Once per transaction at WARNING: a lookup that keeps failing is polled for minutes.
-            (_log.warning if failures == 1 else _log.debug)(
-                "lookup of %s failed: %s (attempt %d)", submission.tx_id, _describe(exc),
-                failures,
-            )
+            self._bad_lookup(submission.tx_id, f"failed: {_describe(exc)}")
             return None
         if not isinstance(lookup, Lookup) or not isinstance(lookup.status, TxStatus):
-            _log.warning("lookup of %s returned garbage (%r)", submission.tx_id, lookup)
+            self._bad_lookup(submission.tx_id, f"returned garbage ({lookup!r})")
             return None
         if lookup.status is TxStatus.LANDED:
             try:
                 self._valid_fill(lookup.fill, submission.order)
             except InvalidVenueResponse as exc:
-                _log.warning("lookup of %s: %s; still unknown", submission.tx_id, exc)
+                self._bad_lookup(submission.tx_id, f"{exc}; still unknown")
                 return None
         return lookup
+
+    def _bad_lookup(self, tx_id: str, why: str) -> None:
+        """Counted every time; logged at WARNING once per transaction (a look-up that keeps
+        failing is polled for minutes), then at DEBUG."""
+        self.guard.faults.add(FaultSource.LOOKUP)
+        failures = self.lookup_failures.get(tx_id, 0) + 1
+        self.lookup_failures[tx_id] = failures
+        (_log.warning if failures == 1 else _log.debug)("lookup of %s %s", tx_id, why)
 
     async def _poll(
         self,

@@ -136,12 +136,15 @@ class TradingHalt:
         self._halt_listeners: list[HaltListener] = []
         self._resume_listeners: list[HaltListener] = []
         self.store_error: str | None = None
+        #: Store reads and writes that failed (``exitguard_faults_total{component="halt_store"}``).
+        self.store_failures = 0
         try:
             snapshot = self.store.load()
         except HaltStoreError as exc:
             # Unknown state must fail safe: halted until a human resumes.
             _log.error("%s; trading stays halted until an approved resume", exc)
             self.store_error = str(exc)
+            self.store_failures += 1
             record = HaltRecord(True, str(exc), "halt_store", wall_time())
             snapshot = HaltSnapshot(True, str(exc), (record,))
         self._halted = snapshot.halted if snapshot else False
@@ -216,6 +219,7 @@ class TradingHalt:
             # The in-memory state stands (a halt is never lost while the process lives);
             # a resume that cannot be persisted comes back as a halt after a restart: safe.
             self.store_error = f"cannot write halt store: {exc.strerror or exc}"
+            self.store_failures += 1
             _log.error("%s; state kept in memory", self.store_error)
 
     @staticmethod

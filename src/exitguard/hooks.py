@@ -219,14 +219,30 @@ class SafeHooks:
 
     __slots__ = ("_failures", "hooks")
 
-    def __init__(self, *hooks: Hooks) -> None:
+    def __init__(self, *hooks: Hooks, failures: _FailureLog | None = None) -> None:
         self.hooks: tuple[Hooks, ...] = hooks
-        self._failures = _FailureLog()
+        # Shared when the guard adds hooks, so the counts survive ``add_hooks``.
+        self._failures = failures if failures is not None else _FailureLog()
+
+    def extended(self, *hooks: Hooks) -> SafeHooks:
+        """These hooks plus ``hooks``, keeping the failure counts."""
+        return SafeHooks(*self.hooks, *hooks, failures=self._failures)
 
     @property
     def failure_counts(self) -> dict[tuple[str, str], int]:
         """How often each (hook class, method) raised: for tests and diagnostics."""
         return dict(self._failures.counts)
+
+    @property
+    def failure_total(self) -> int:
+        """Every failure absorbed: these hooks' own, plus those a composite hook (such as
+        ``exitguard.telemetry``'s) absorbed inside itself and reports as ``failure_total``."""
+        total = sum(self._failures.counts.values())
+        for hook in self.hooks:
+            inner = getattr(hook, "failure_total", 0)
+            if isinstance(inner, int):
+                total += inner
+        return total
 
     def exit_started(self, exit: ExitInfo) -> SafeObserver | None:
         observers = []

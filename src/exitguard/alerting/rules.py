@@ -69,6 +69,12 @@ class Thresholds:
     target_job_regex: str = ".*exitguard.*"
     target_down_for: str = "2m"
     absent_for: str = "10m"
+    #: How long absorbed faults (in the last ``event_window``) must go on before the warning:
+    #: a fault keeps the window non-zero for ``event_window``, so this only delays the alert
+    #: and must stay shorter than ``event_window`` or a single fault would never raise it.
+    faults_for: str = "5m"
+    #: The same for trace export failures (spans dropped; exits unaffected).
+    trace_export_for: str = "5m"
 
     def __post_init__(self) -> None:
         if not 0 < self.p99_exit_seconds < self.deadline_seconds:
@@ -173,6 +179,12 @@ def _anchor(alert: str) -> str:
 _COUNT = '{{ printf "%.0f" $value }}'
 _GUARD = "{{ $labels.guard }}"
 _BREAKER = "{{ $labels.breaker }}"
+_COMPONENT = "{{ $labels.component }}"
+_INSTANCE = "{{ $labels.instance }}"
+#: The label of ``exitguard_faults_total`` naming where a fault happened.
+COMPONENT_LABEL = "component"
+#: Process-wide metrics (no guard label) are told apart by their scrape target.
+_TARGET_LABELS = ("job", "instance")
 _FAILED_OUTCOMES = "failed|unresolved"
 
 
@@ -360,6 +372,32 @@ def build_rule_groups(thresholds: Thresholds = DEFAULT_THRESHOLDS) -> tuple[Rule
                 " {{ $value }}): the bot is not scraped, or it does not expose its metrics."
             ),
             runbook=_anchor("ExitguardMetricsAbsent"),
+        ),
+        AlertRule(
+            alert="ExitguardFaultsAbsorbed",
+            expr=_new_events(catalogue.FAULTS, (GUARD_LABEL, COMPONENT_LABEL), w),
+            for_=t.faults_for,
+            severity="warning",
+            summary="exitguard absorbed failures so exits went on",
+            description=(
+                f"Guard {_GUARD} absorbed {_COUNT} {_COMPONENT} fault(s) in the last {w}:"
+                f" exits went on, but the {_COMPONENT} component is failing."
+            ),
+            runbook=_anchor("ExitguardFaultsAbsorbed"),
+        ),
+        AlertRule(
+            alert="ExitguardTraceExportFailing",
+            # Process-wide (no guard label): one exporter serves every guard of a process.
+            expr=_new_events(catalogue.TRACE_EXPORT_FAILURES, _TARGET_LABELS, w),
+            for_=t.trace_export_for,
+            severity="warning",
+            summary="exitguard cannot export traces",
+            description=(
+                f"The trace exporter of {_INSTANCE} (job {{{{ $labels.job }}}}) failed to"
+                f" deliver {_COUNT} span batch(es) in the last {w}: their spans were dropped."
+                " Exits are unaffected."
+            ),
+            runbook=_anchor("ExitguardTraceExportFailing"),
         ),
     )
     return (

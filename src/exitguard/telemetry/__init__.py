@@ -35,7 +35,7 @@ from .instrument import (
     track_exit,
 )
 from .logs import LogHooks, add_trace_context, configure_logging, stdlib_formatter
-from .otel import TracingHooks, configure_tracing, shutdown_tracing
+from .otel import CountingSpanExporter, TracingHooks, configure_tracing, shutdown_tracing
 from .prometheus import REGISTERED_METRICS, MetricsServer, PrometheusHooks, serve_metrics
 
 #: ``ExitGuard(venue, hooks=exitguard.telemetry.hooks(...))``
@@ -43,6 +43,7 @@ hooks = make_hooks
 
 __all__ = [
     "REGISTERED_METRICS",
+    "CountingSpanExporter",
     "Instrumentation",
     "LogHooks",
     "MetricsServer",

@@ -2,7 +2,8 @@
 
 ``SafeHooks`` (the core) already isolates every hook; this composite keeps that promise
 inside itself (each part runs in its own ``try``; a failure is logged once per part and
-method) while the guard pays its per-hook dispatch once. Order as in ``SafeHooks``: starts
+method, and counted in ``failure_total``, which the guard adds to its hook faults) while the
+guard pays its per-hook dispatch once. Order as in ``SafeHooks``: starts
 in order (traces first, so the span is current for the others), finishes in reverse
 (traces last, so the span is still current while metrics and logs read its ids).
 """
@@ -10,6 +11,7 @@ in order (traces first, so the span is current for the others), finishes in reve
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,20 @@ _log = logging.getLogger("exitguard.telemetry")
 _failed: set[tuple[str, str]] = set()
 
 
-def _failure(part: object, method: str, exc: Exception) -> None:
+class _FailureCount:
+    __slots__ = ("_lock", "total")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.total += 1
+
+
+def _failure(count: _FailureCount, part: object, method: str, exc: Exception) -> None:
+    count.add()
     key = (type(part).__qualname__, method)
     if key not in _failed:
         _failed.add(key)
@@ -36,9 +51,10 @@ def _failure(part: object, method: str, exc: Exception) -> None:
 
 
 class _FanOutObserver:
-    __slots__ = ("_observers", "_reversed")
+    __slots__ = ("_failures", "_observers", "_reversed")
 
-    def __init__(self, observers: Sequence[ExitObserver]) -> None:
+    def __init__(self, observers: Sequence[ExitObserver], failures: _FailureCount) -> None:
+        self._failures = failures
         self._observers = tuple(observers)
         self._reversed = self._observers[::-1]
 
@@ -47,58 +63,64 @@ class _FanOutObserver:
             try:
                 observer.attempt_started(attempt)
             except Exception as exc:
-                _failure(observer, "attempt_started", exc)
+                _failure(self._failures, observer, "attempt_started", exc)
 
     def attempt_finished(self, report: AttemptReport) -> None:
         for observer in self._reversed:
             try:
                 observer.attempt_finished(report)
             except Exception as exc:
-                _failure(observer, "attempt_finished", exc)
+                _failure(self._failures, observer, "attempt_finished", exc)
 
     def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
         for observer in self._observers:
             try:
                 observer.retry(error_class, next_attempt)
             except Exception as exc:
-                _failure(observer, "retry", exc)
+                _failure(self._failures, observer, "retry", exc)
 
     def backoff(self, delay_s: float) -> None:
         for observer in self._observers:
             try:
                 observer.backoff(delay_s)
             except Exception as exc:
-                _failure(observer, "backoff", exc)
+                _failure(self._failures, observer, "backoff", exc)
 
     def transition(self, record: TransitionRecord) -> None:
         for observer in self._observers:
             try:
                 observer.transition(record)
             except Exception as exc:
-                _failure(observer, "transition", exc)
+                _failure(self._failures, observer, "transition", exc)
 
     def reconciled(self, tx_id: str, status: TxStatus) -> None:
         for observer in self._observers:
             try:
                 observer.reconciled(tx_id, status)
             except Exception as exc:
-                _failure(observer, "reconciled", exc)
+                _failure(self._failures, observer, "reconciled", exc)
 
     def exit_finished(self, outcome: ExitOutcome) -> None:
         for observer in self._reversed:
             try:
                 observer.exit_finished(outcome)
             except Exception as exc:
-                _failure(observer, "exit_finished", exc)
+                _failure(self._failures, observer, "exit_finished", exc)
 
 
 class TelemetryHooks:
     """Several hooks as one (see the module docstring); ``parts`` in call order."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("_failures", "parts")
 
     def __init__(self, *parts: Hooks) -> None:
         self.parts: tuple[Hooks, ...] = parts
+        self._failures = _FailureCount()
+
+    @property
+    def failure_total(self) -> int:
+        """How often a part raised (each time, though each part and method is logged once)."""
+        return self._failures.total
 
     def exit_started(self, exit: ExitInfo) -> ExitObserver | None:
         observers: list[ExitObserver] = []
@@ -106,27 +128,27 @@ class TelemetryHooks:
             try:
                 observer = part.exit_started(exit)
             except Exception as exc:
-                _failure(part, "exit_started", exc)
+                _failure(self._failures, part, "exit_started", exc)
                 continue
             if observer is not None:
                 observers.append(observer)
         if not observers:
             return None
-        return observers[0] if len(observers) == 1 else _FanOutObserver(observers)
+        return observers[0] if len(observers) == 1 else _FanOutObserver(observers, self._failures)
 
     def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
         for part in self.parts:
             try:
                 part.pending_resolved(exit, tx_id, status)
             except Exception as exc:
-                _failure(part, "pending_resolved", exc)
+                _failure(self._failures, part, "pending_resolved", exc)
 
     def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
         for part in self.parts:
             try:
                 part.late_fill(exit, fill)
             except Exception as exc:
-                _failure(part, "late_fill", exc)
+                _failure(self._failures, part, "late_fill", exc)
 
     def breaker_transition(
         self, guard: str, breaker: str, old: BreakerState, new: BreakerState
@@ -135,21 +157,21 @@ class TelemetryHooks:
             try:
                 part.breaker_transition(guard, breaker, old, new)
             except Exception as exc:
-                _failure(part, "breaker_transition", exc)
+                _failure(self._failures, part, "breaker_transition", exc)
 
     def halted(self, guard: str, record: HaltRecord) -> None:
         for part in self.parts:
             try:
                 part.halted(guard, record)
             except Exception as exc:
-                _failure(part, "halted", exc)
+                _failure(self._failures, part, "halted", exc)
 
     def resumed(self, guard: str, record: HaltRecord) -> None:
         for part in self.parts:
             try:
                 part.resumed(guard, record)
             except Exception as exc:
-                _failure(part, "resumed", exc)
+                _failure(self._failures, part, "resumed", exc)
 
     def __repr__(self) -> str:
         return f"TelemetryHooks({', '.join(type(p).__name__ for p in self.parts)})"

@@ -21,23 +21,26 @@ unreachable or slow collector never slows an exit::
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from .. import catalogue
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
 from ..outcome import ExitOutcome, ExitStatus
 from ..venue import Fill, TxStatus
 from ._context import redact
+from ._export_failures import TRACE_EXPORT_FAILURES
 
 if TYPE_CHECKING:
     from ..breaker import BreakerState
@@ -49,6 +52,7 @@ __all__ = [
     "ATTEMPT_SPAN",
     "EXIT_SPAN",
     "LATE_FILL_SPAN",
+    "CountingSpanExporter",
     "TracingHooks",
     "configure_tracing",
     "shutdown_tracing",
@@ -298,6 +302,73 @@ class TracingHooks:
 
 # -- set-up ------------------------------------------------------------------------------
 
+_log = logging.getLogger("exitguard.telemetry")
+#: The OTLP/HTTP exporter logs every failed batch (and every retry) under this name.
+_OTLP_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+_in_outage: set[int] = set()  # ids of CountingSpanExporters whose export is failing
+
+
+class _QuietDuringOutage(logging.Filter):
+    """Drops the OTLP exporter's per-batch lines while an outage is already logged (its
+    first failure's lines, with the reason, pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _in_outage
+
+
+_QUIET = _QuietDuringOutage()
+
+
+class CountingSpanExporter(SpanExporter):
+    """Wraps a span exporter so a collector outage is logged once and counted, not logged
+    per batch: every failed batch (a FAILURE result or an exception) adds one to
+    ``exitguard_trace_export_failures_total``; the first failure of an outage is logged
+    (after the exporter's own lines, which carry the reason), further ones are not (the
+    OTLP exporter's per-batch lines are dropped meanwhile), and the recovery is logged.
+    ``configure_tracing`` puts it around every exporter it sets up.
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.failures = 0  # this exporter's failed batches
+        self._outage_failures = 0
+        logger = logging.getLogger(_OTLP_LOGGER)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+            error = "" if result is SpanExportResult.SUCCESS else "the exporter reported failure"
+        except Exception as exc:  # an exporter must never take the export thread down
+            result, error = SpanExportResult.FAILURE, f"{type(exc).__name__}: {redact(str(exc))}"
+        if result is SpanExportResult.SUCCESS:
+            if self._outage_failures:
+                _log.warning("exitguard trace export recovered after %d failed batch(es)",
+                             self._outage_failures)
+                self._outage_failures = 0
+                _in_outage.discard(id(self))
+            return result
+        self.failures += 1
+        TRACE_EXPORT_FAILURES.add()
+        self._outage_failures += 1
+        if self._outage_failures == 1:
+            _in_outage.add(id(self))
+            _log.error(
+                "exitguard trace export failed (%s; %d span(s) dropped); exits go on. Further"
+                " failures are counted in %s, not logged, until it recovers", error, len(spans),
+                catalogue.TRACE_EXPORT_FAILURES.name,
+            )
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        _in_outage.discard(id(self))
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
 
 def _traces_url(endpoint: str) -> str:
     """``http://host:4318`` -> ``http://host:4318/v1/traces``; a full URL is kept."""
@@ -327,8 +398,10 @@ def configure_tracing(
     full traces URL. None reads ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
     ``OTEL_EXPORTER_OTLP_ENDPOINT``; with neither, spans are still created (trace ids for
     exemplars and logs) but not exported. ``exporter`` replaces the OTLP exporter (tests,
-    benchmarks). ``timeout`` (seconds) bounds each export, retries included; exports run
-    on the BatchSpanProcessor's thread every ``schedule_delay`` seconds, and when the
+    benchmarks). Either way it is wrapped in ``CountingSpanExporter``: a collector outage
+    is logged once (and its recovery), and each failed batch is counted. ``timeout``
+    (seconds) bounds each export, retries included; exports run on the
+    BatchSpanProcessor's thread every ``schedule_delay`` seconds, and when the
     in-memory queue (``max_queue_size`` spans) is full, new spans are dropped rather than
     waited for. ``set_global`` installs it as the global provider (once per process, an
     OpenTelemetry rule); ``instrument(guard)`` then uses it without being told.
@@ -355,7 +428,7 @@ def configure_tracing(
     if exporter is not None:
         provider.add_span_processor(
             BatchSpanProcessor(
-                exporter,
+                CountingSpanExporter(exporter),
                 max_queue_size=max_queue_size,
                 schedule_delay_millis=schedule_delay * 1000,
                 export_timeout_millis=timeout * 1000,

@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from .. import catalogue
 from ..breaker import BreakerState
 from ..errors import ErrorClass
+from ..faults import FaultSource
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
 from ..outcome import ExitOutcome, ExitStatus
 from ..venue import Fill, OrderMode, TxStatus
 from ._context import current_trace_id
+from ._export_failures import TRACE_EXPORT_FAILURES
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -70,6 +76,47 @@ def _histogram(spec: catalogue.MetricSpec, registry: CollectorRegistry) -> Histo
     )
 
 
+class _FaultCollector(Collector):
+    """Absorbed failures, read at scrape time from the watched guards (counting them costs
+    the exit nothing) and from the process-wide trace exporter count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._guards: list[weakref.ReferenceType[ExitGuard]] = []
+
+    def watch(self, guard: ExitGuard) -> None:
+        with self._lock:
+            self._guards = [ref for ref in self._guards if ref() is not None]
+            if not any(ref() is guard for ref in self._guards):
+                self._guards.append(weakref.ref(guard))
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        faults, export = catalogue.FAULTS, catalogue.TRACE_EXPORT_FAILURES
+        return (
+            CounterMetricFamily(faults.base_name, faults.help, labels=faults.all_labels),
+            CounterMetricFamily(export.base_name, export.help, labels=export.all_labels),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        faults, export = self._families()
+        totals: dict[str, dict[FaultSource, int]] = {}
+        with self._lock:
+            guards = [guard for ref in self._guards if (guard := ref()) is not None]
+        for guard in guards:  # two guards of one name add up
+            mine = totals.setdefault(guard.name, dict.fromkeys(FaultSource, 0))
+            for source, count in guard.fault_counts.items():
+                mine[source] += count
+        for name, counts in totals.items():
+            for source, count in counts.items():
+                faults.add_metric([name, source.value], count)
+        export.add_metric([], TRACE_EXPORT_FAILURES.total)
+        yield faults
+        yield export
+
+
 class _Collectors:
     """The collectors of one registry (created once per registry, shared by all hooks)."""
 
@@ -93,6 +140,8 @@ class _Collectors:
         self.halted = _gauge(c.TRADING_HALTED, registry)
         self.halts = _counter(c.TRADING_HALTS, registry)
         self.resumes = _counter(c.TRADING_RESUMES, registry)
+        self.faults = _FaultCollector()
+        registry.register(self.faults)
         self._lock = threading.Lock()
         self._guards: dict[str, _GuardSeries] = {}
 
@@ -279,16 +328,19 @@ class PrometheusHooks:
         self._collectors = _collectors_for(self.registry)
 
     def watch(self, guard: ExitGuard) -> None:
-        """Start every series of ``guard`` at its current value (breakers, halt) or zero.
+        """Start every series of ``guard`` at its current value (breakers, halt) or zero,
+        and expose its absorbed failures (``guard.fault_counts``, read at each scrape).
 
         ``instrument`` calls it; hooks passed at construction start the series on the first
-        event of each guard instead (breakers on their first transition).
+        event of each guard instead (breakers on their first transition), and report the
+        guard's faults only once ``watch`` is called.
         """
         series = self._collectors.guard(guard.name)
         for _, breaker in guard.routes:
             series.breaker(breaker.name, breaker.state).state.set(breaker.state.gauge_value)
         if guard.halt is not None:
             series.halted.set(1 if guard.halt.is_halted else 0)
+        self._collectors.faults.watch(guard)
 
     # -- Hooks --------------------------------------------------------------------------
 
