@@ -1,4 +1,5 @@
-"""The process-wide count of span batches the trace exporter failed to deliver.
+"""Thread-safe tallies, and the process-wide one of span batches the trace exporter failed
+to deliver.
 
 Kept apart from ``otel`` so the Prometheus side reads it without importing the SDK's
 exporter machinery; ``exitguard_trace_export_failures_total`` exposes it.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import threading
 
 
-class _Count:
+class Tally:
+    """A count other threads add to (export threads, background reconciliation)."""
+
     __slots__ = ("_lock", "total")
 
     def __init__(self) -> None:
@@ -21,4 +24,4 @@ class _Count:
             self.total += 1
 
 
-TRACE_EXPORT_FAILURES = _Count()
+TRACE_EXPORT_FAILURES = Tally()

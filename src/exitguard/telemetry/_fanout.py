@@ -11,12 +11,12 @@ in order (traces first, so the span is current for the others), finishes in reve
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..hooks import AttemptInfo, AttemptReport, ExitInfo, ExitObserver, Hooks
 from ..venue import Fill, TxStatus
+from ._export_failures import Tally
 
 if TYPE_CHECKING:
     from ..breaker import BreakerState
@@ -29,19 +29,7 @@ _log = logging.getLogger("exitguard.telemetry")
 _failed: set[tuple[str, str]] = set()
 
 
-class _FailureCount:
-    __slots__ = ("_lock", "total")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.total = 0
-
-    def add(self) -> None:
-        with self._lock:
-            self.total += 1
-
-
-def _failure(count: _FailureCount, part: object, method: str, exc: Exception) -> None:
+def _failure(count: Tally, part: object, method: str, exc: Exception) -> None:
     count.add()
     key = (type(part).__qualname__, method)
     if key not in _failed:
@@ -53,7 +41,7 @@ def _failure(count: _FailureCount, part: object, method: str, exc: Exception) ->
 class _FanOutObserver:
     __slots__ = ("_failures", "_observers", "_reversed")
 
-    def __init__(self, observers: Sequence[ExitObserver], failures: _FailureCount) -> None:
+    def __init__(self, observers: Sequence[ExitObserver], failures: Tally) -> None:
         self._failures = failures
         self._observers = tuple(observers)
         self._reversed = self._observers[::-1]
@@ -115,7 +103,7 @@ class TelemetryHooks:
 
     def __init__(self, *parts: Hooks) -> None:
         self.parts: tuple[Hooks, ...] = parts
-        self._failures = _FailureCount()
+        self._failures = Tally()
 
     @property
     def failure_total(self) -> int:
