@@ -145,8 +145,9 @@ class NoopHooks:
         pass
 
 
-class _FailureLog:
-    """Logs the first failure of each (hook class, method) and counts the rest."""
+class FailureLog:
+    """Logs the first failure of each (hook class, method) and counts every one (shared by
+    ``SafeHooks`` and composites such as ``exitguard.telemetry.TelemetryHooks``)."""
 
     __slots__ = ("counts",)
 
@@ -165,7 +166,7 @@ class _FailureLog:
             )
 
 
-def _call(failures: _FailureLog, target: object, method: str, *args: Any) -> Any:
+def _call(failures: FailureLog, target: object, method: str, *args: Any) -> Any:
     try:
         return getattr(target, method)(*args)
     except Exception as exc:  # a hook must never break an exit
@@ -182,7 +183,7 @@ class SafeObserver:
 
     __slots__ = ("_failures", "_observers")
 
-    def __init__(self, observers: Sequence[ExitObserver], failures: _FailureLog) -> None:
+    def __init__(self, observers: Sequence[ExitObserver], failures: FailureLog) -> None:
         self._observers = tuple(observers)
         self._failures = failures
 
@@ -219,10 +220,10 @@ class SafeHooks:
 
     __slots__ = ("_failures", "hooks")
 
-    def __init__(self, *hooks: Hooks, failures: _FailureLog | None = None) -> None:
+    def __init__(self, *hooks: Hooks, failures: FailureLog | None = None) -> None:
         self.hooks: tuple[Hooks, ...] = hooks
         # Shared when the guard adds hooks, so the counts survive ``add_hooks``.
-        self._failures = failures if failures is not None else _FailureLog()
+        self._failures = failures if failures is not None else FailureLog()
 
     def extended(self, *hooks: Hooks) -> SafeHooks:
         """These hooks plus ``hooks``, keeping the failure counts."""

@@ -1,5 +1,4 @@
-"""Thread-safe tallies, and the process-wide one of span batches the trace exporter failed
-to deliver.
+"""The process-wide count of span batches the trace exporter failed to deliver.
 
 Kept apart from ``otel`` so the Prometheus side reads it without importing the SDK's
 exporter machinery; ``exitguard_trace_export_failures_total`` exposes it.
@@ -11,7 +10,7 @@ import threading
 
 
 class Tally:
-    """A count other threads add to (export threads, background reconciliation)."""
+    """A count the export threads add to."""
 
     __slots__ = ("_lock", "total")
 

@@ -10,13 +10,11 @@ in order (traces first, so the span is current for the others), finishes in reve
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..hooks import AttemptInfo, AttemptReport, ExitInfo, ExitObserver, Hooks
+from ..hooks import AttemptInfo, AttemptReport, ExitInfo, ExitObserver, FailureLog, Hooks
 from ..venue import Fill, TxStatus
-from ._export_failures import Tally
 
 if TYPE_CHECKING:
     from ..breaker import BreakerState
@@ -25,23 +23,10 @@ if TYPE_CHECKING:
     from ..outcome import ExitOutcome
     from ..state_machine import TransitionRecord
 
-_log = logging.getLogger("exitguard.telemetry")
-_failed: set[tuple[str, str]] = set()
-
-
-def _failure(count: Tally, part: object, method: str, exc: Exception) -> None:
-    count.add()
-    key = (type(part).__qualname__, method)
-    if key not in _failed:
-        _failed.add(key)
-        _log.error("exitguard telemetry %s.%s raised %s; the exit goes on (logged once)",
-                   key[0], method, type(exc).__name__, exc_info=exc)
-
-
 class _FanOutObserver:
     __slots__ = ("_failures", "_observers", "_reversed")
 
-    def __init__(self, observers: Sequence[ExitObserver], failures: Tally) -> None:
+    def __init__(self, observers: Sequence[ExitObserver], failures: FailureLog) -> None:
         self._failures = failures
         self._observers = tuple(observers)
         self._reversed = self._observers[::-1]
@@ -51,49 +36,49 @@ class _FanOutObserver:
             try:
                 observer.attempt_started(attempt)
             except Exception as exc:
-                _failure(self._failures, observer, "attempt_started", exc)
+                self._failures.record(observer, "attempt_started", exc)
 
     def attempt_finished(self, report: AttemptReport) -> None:
         for observer in self._reversed:
             try:
                 observer.attempt_finished(report)
             except Exception as exc:
-                _failure(self._failures, observer, "attempt_finished", exc)
+                self._failures.record(observer, "attempt_finished", exc)
 
     def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
         for observer in self._observers:
             try:
                 observer.retry(error_class, next_attempt)
             except Exception as exc:
-                _failure(self._failures, observer, "retry", exc)
+                self._failures.record(observer, "retry", exc)
 
     def backoff(self, delay_s: float) -> None:
         for observer in self._observers:
             try:
                 observer.backoff(delay_s)
             except Exception as exc:
-                _failure(self._failures, observer, "backoff", exc)
+                self._failures.record(observer, "backoff", exc)
 
     def transition(self, record: TransitionRecord) -> None:
         for observer in self._observers:
             try:
                 observer.transition(record)
             except Exception as exc:
-                _failure(self._failures, observer, "transition", exc)
+                self._failures.record(observer, "transition", exc)
 
     def reconciled(self, tx_id: str, status: TxStatus) -> None:
         for observer in self._observers:
             try:
                 observer.reconciled(tx_id, status)
             except Exception as exc:
-                _failure(self._failures, observer, "reconciled", exc)
+                self._failures.record(observer, "reconciled", exc)
 
     def exit_finished(self, outcome: ExitOutcome) -> None:
         for observer in self._reversed:
             try:
                 observer.exit_finished(outcome)
             except Exception as exc:
-                _failure(self._failures, observer, "exit_finished", exc)
+                self._failures.record(observer, "exit_finished", exc)
 
 
 class TelemetryHooks:
@@ -103,12 +88,12 @@ class TelemetryHooks:
 
     def __init__(self, *parts: Hooks) -> None:
         self.parts: tuple[Hooks, ...] = parts
-        self._failures = Tally()
+        self._failures = FailureLog()
 
     @property
     def failure_total(self) -> int:
         """How often a part raised (each time, though each part and method is logged once)."""
-        return self._failures.total
+        return sum(self._failures.counts.values())
 
     def exit_started(self, exit: ExitInfo) -> ExitObserver | None:
         observers: list[ExitObserver] = []
@@ -116,7 +101,7 @@ class TelemetryHooks:
             try:
                 observer = part.exit_started(exit)
             except Exception as exc:
-                _failure(self._failures, part, "exit_started", exc)
+                self._failures.record(part, "exit_started", exc)
                 continue
             if observer is not None:
                 observers.append(observer)
@@ -129,14 +114,14 @@ class TelemetryHooks:
             try:
                 part.pending_resolved(exit, tx_id, status)
             except Exception as exc:
-                _failure(self._failures, part, "pending_resolved", exc)
+                self._failures.record(part, "pending_resolved", exc)
 
     def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
         for part in self.parts:
             try:
                 part.late_fill(exit, fill)
             except Exception as exc:
-                _failure(self._failures, part, "late_fill", exc)
+                self._failures.record(part, "late_fill", exc)
 
     def breaker_transition(
         self, guard: str, breaker: str, old: BreakerState, new: BreakerState
@@ -145,21 +130,21 @@ class TelemetryHooks:
             try:
                 part.breaker_transition(guard, breaker, old, new)
             except Exception as exc:
-                _failure(self._failures, part, "breaker_transition", exc)
+                self._failures.record(part, "breaker_transition", exc)
 
     def halted(self, guard: str, record: HaltRecord) -> None:
         for part in self.parts:
             try:
                 part.halted(guard, record)
             except Exception as exc:
-                _failure(self._failures, part, "halted", exc)
+                self._failures.record(part, "halted", exc)
 
     def resumed(self, guard: str, record: HaltRecord) -> None:
         for part in self.parts:
             try:
                 part.resumed(guard, record)
             except Exception as exc:
-                _failure(self._failures, part, "resumed", exc)
+                self._failures.record(part, "resumed", exc)
 
     def __repr__(self) -> str:
         return f"TelemetryHooks({', '.join(type(p).__name__ for p in self.parts)})"
