@@ -15,6 +15,7 @@ import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from structlog.testing import capture_logs
 
 from exitguard import (
@@ -111,6 +112,22 @@ def test_every_event_carries_trace_and_span_ids() -> None:
     assert finished["attempts"] == 2
     assert finished["span_id"] == exit_span_id
     assert finished["states"] == [r.to_state.value for r in outcome.history]
+
+
+def test_an_unsampled_exit_still_ties_its_lines_together_by_trace_id() -> None:
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+
+    async def main() -> None:
+        guard = ExitGuard(ScriptedVenue([TxPlan()], price=95.0), name="bot")
+        guard.add_hooks(TracingHooks(provider), LogHooks(routine_level="info"))
+        await guard.exit(POSITION, signal_price=95.0, reason="stop_loss")
+
+    with capture_logs() as logs:
+        run_virtual(main())
+    events = [e for e in logs if e["event"].startswith("exit.")]
+    assert len(events) >= 4
+    assert {len(e["trace_id"]) for e in events} == {HEX32}
+    assert len({e["trace_id"] for e in events}) == 1
 
 
 def test_default_levels_keep_a_clean_exit_to_one_info_line() -> None:

@@ -15,6 +15,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -193,6 +194,22 @@ def test_first_attempt_success(registry: CollectorRegistry, server: MetricsServe
     assert {v["trace_id"] for v in with_exemplar.values()} == {trace_id}
     (bucket_key,) = with_exemplar
     assert float(dict(bucket_key[1])["le"]) >= outcome.elapsed_s
+
+
+def test_an_unsampled_exit_has_no_exemplar(
+    registry: CollectorRegistry, server: MetricsServer
+) -> None:
+    # Its trace id would link a bucket to a trace no store has.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    outcome, _ = run_guard(ScriptedVenue([TxPlan(price=94.4)], price=95.0), registry,
+                           traces=provider)
+    assert outcome.status is ExitStatus.CLOSED
+    om = scrape(server, openmetrics=True)
+    assert om.get(D, guard="bot") == 1
+    assert exporter.get_finished_spans() == ()
+    assert not [k for k in om.exemplars if k[0] == cat.EXIT_DURATION.series("bucket")]
 
 
 def test_timeout_then_reconcile_counts_one_attempt(

@@ -299,6 +299,46 @@ def test_configure_tracing_without_endpoint_still_makes_trace_ids(
         configure_tracing(None, timeout=0, set_global=False)
 
 
+def test_sample_ratio_keeps_whole_traces_and_drops_the_others(receiver: OtlpReceiver) -> None:
+    provider = configure_tracing(receiver.endpoint, set_global=False, schedule_delay=0.05,
+                                 sample_ratio=0.5)
+    outcomes = run_exits(ScriptedVenue(price=95.0), provider, count=200)
+    assert all(o.status is ExitStatus.CLOSED for o in outcomes)
+    assert shutdown_tracing(provider, timeout=5)
+    spans = receiver.spans
+    exits, attempts = by_name(spans, "exitguard.exit"), by_name(spans, "exitguard.exit.attempt")
+    assert 50 <= len(exits) <= 150, len(exits)  # binomial(200, 0.5): outside is > 7 sigma
+    # A sampled exit keeps its whole trace; an unsampled one sends nothing at all.
+    assert sorted(a.parent_span_id for a in attempts) == sorted(e.span_id for e in exits)
+    assert {a.trace_id for a in attempts} == {e.trace_id for e in exits}
+    assert len({e.attributes["exitguard.position.id"] for e in exits}) == len(exits)
+    assert all(e.attributes["exitguard.outcome"] == "closed" for e in exits)
+
+
+def test_sample_ratio_zero_sends_nothing_and_one_overrides_the_environment(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    for dropped in (configure_tracing(receiver.endpoint, set_global=False, sample_ratio=0.0),
+                    configure_tracing(receiver.endpoint, set_global=False)):  # from the env
+        (outcome,) = run_exits(ScriptedVenue(price=95.0), dropped)
+        assert outcome.status is ExitStatus.CLOSED
+        assert shutdown_tracing(dropped, timeout=5)
+    assert receiver.requests == 0
+    assert receiver.spans == []
+    kept = configure_tracing(receiver.endpoint, set_global=False, sample_ratio=1.0)
+    run_exits(ScriptedVenue(price=95.0), kept)
+    assert shutdown_tracing(kept, timeout=5)
+    assert sorted(s.name for s in receiver.wait_for(lambda s: len(s) >= 2)) == [
+        "exitguard.exit", "exitguard.exit.attempt"]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan"), True, "0.5"])
+def test_bad_sample_ratio_is_a_clear_error(bad: object) -> None:
+    with pytest.raises(ValueError, match="sample_ratio must be a number from 0 to 1"):
+        configure_tracing(None, set_global=False, sample_ratio=bad)  # type: ignore[arg-type]
+
+
 def test_endpoint_from_environment(
     receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

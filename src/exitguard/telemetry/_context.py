@@ -21,6 +21,19 @@ def current_trace_id() -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
+def sampled_trace_id() -> str | None:
+    """The current span's trace id if its trace is sampled (exported), else None.
+
+    What an exemplar may carry: with a sampler below 100%, an unsampled exit still has a
+    trace id (logs keep it, to tie the exit's lines together), but a link to it from a
+    metric would lead to a trace that no store has.
+    """
+    context = trace.get_current_span().get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
+        return None
+    return format(context.trace_id, "032x")
+
+
 _SECRET_PATTERNS = (
     # user:password@ in URLs
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),

@@ -22,6 +22,7 @@ unreachable or slow collector never slows an exit::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from .. import catalogue
@@ -133,12 +135,11 @@ class _TraceObserver:
         "_context", "_span", "_token", "_tracer",
     )
 
-    def __init__(self, tracer: Tracer, info: ExitInfo) -> None:
+    def __init__(self, tracer: Tracer, span: Span, info: ExitInfo) -> None:
         self._tracer = tracer
         # Attributes are set once, when the span ends (one validation pass instead of two;
         # a span is exported only once it has ended anyway).
         self._attributes = _exit_attributes(info)
-        span = tracer.start_span(EXIT_SPAN)
         self._span = span
         # The SDK's add_event re-validates every attribute of every event (a third of the
         # cost of tracing an exit); ours are a few str/int/float/bool values under every
@@ -253,6 +254,40 @@ class _TraceObserver:
             otel_context.detach(token)  # type: ignore[arg-type]
 
 
+class _UnsampledObserver:
+    """An exit whose trace the sampler dropped: its span context is still current for the
+    whole exit (the log lines share its trace id; the bot's own spans inside it follow the
+    decision), but nothing is recorded, so no attribute, event or attempt span is built."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, span: Span) -> None:
+        self._token: object | None = otel_context.attach(trace.set_span_in_context(span))
+
+    def attempt_started(self, attempt: AttemptInfo) -> None:
+        pass
+
+    def attempt_finished(self, report: AttemptReport) -> None:
+        pass
+
+    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
+        pass
+
+    def backoff(self, delay_s: float) -> None:
+        pass
+
+    def transition(self, record: TransitionRecord) -> None:
+        pass
+
+    def reconciled(self, tx_id: str, status: TxStatus) -> None:
+        pass
+
+    def exit_finished(self, outcome: ExitOutcome) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+
 class TracingHooks:
     """Hooks that trace each exit (see the module docstring).
 
@@ -268,8 +303,11 @@ class TracingHooks:
             INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
         )
 
-    def exit_started(self, exit: ExitInfo) -> _TraceObserver:
-        return _TraceObserver(self.tracer, exit)
+    def exit_started(self, exit: ExitInfo) -> _TraceObserver | _UnsampledObserver:
+        span = self.tracer.start_span(EXIT_SPAN)
+        if span.is_recording():
+            return _TraceObserver(self.tracer, span, exit)
+        return _UnsampledObserver(span)
 
     def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
         pass
@@ -391,6 +429,7 @@ def configure_tracing(
     schedule_delay: float = 1.0,
     max_queue_size: int = 2048,
     resource_attributes: Mapping[str, str] | None = None,
+    sample_ratio: float | None = None,
 ) -> TracerProvider:
     """A TracerProvider exporting over OTLP/HTTP in batches, off the exit's path.
 
@@ -405,12 +444,21 @@ def configure_tracing(
     in-memory queue (``max_queue_size`` spans) is full, new spans are dropped rather than
     waited for. ``set_global`` installs it as the global provider (once per process, an
     OpenTelemetry rule); ``instrument(guard)`` then uses it without being told.
+
+    ``sample_ratio``: the share of exits whose trace is recorded and exported (head
+    sampling, decided when the exit starts; an exit inside a span of the bot's follows that
+    span's decision). None (default) keeps the SDK's choice: ``OTEL_TRACES_SAMPLER`` /
+    ``OTEL_TRACES_SAMPLER_ARG`` if set, else every trace. An unsampled exit costs far less
+    (see benchmarks/README.md) and still has a trace id for its log lines, but no trace and
+    no exemplar; it is dropped whatever its outcome, so keep 1.0 (and sample in the
+    collector) when every failed exit's trace matters.
     """
-    if not (isinstance(timeout, int | float) and timeout > 0):
+    if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0):
         raise ValueError(f"timeout must be a number > 0, got {timeout!r}")
     attributes: dict[str, str] = {"service.name": service_name}
     attributes.update(resource_attributes or {})
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = TracerProvider(resource=Resource.create(attributes),
+                              sampler=_sampler(sample_ratio))
     if exporter is None:
         url = endpoint
         if url is None:
@@ -437,6 +485,16 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _sampler(sample_ratio: float | None) -> Sampler | None:
+    """None: the SDK's default (which reads the OTEL_TRACES_SAMPLER environment variables)."""
+    if sample_ratio is None:
+        return None
+    if not (isinstance(sample_ratio, int | float) and not isinstance(sample_ratio, bool)
+            and math.isfinite(sample_ratio) and 0.0 <= sample_ratio <= 1.0):
+        raise ValueError(f"sample_ratio must be a number from 0 to 1, got {sample_ratio!r}")
+    return ParentBased(TraceIdRatioBased(float(sample_ratio)))
 
 
 def shutdown_tracing(provider: trace.TracerProvider | None = None, timeout: float = 5.0) -> bool:

@@ -41,7 +41,7 @@ from ..faults import FaultSource
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
 from ..outcome import ExitOutcome, ExitStatus
 from ..venue import Fill, OrderMode, TxStatus
-from ._context import current_trace_id
+from ._context import sampled_trace_id
 from ._export_failures import TRACE_EXPORT_FAILURES
 
 if TYPE_CHECKING:
@@ -293,7 +293,7 @@ class _MetricsObserver:
             series.first_attempt.inc()
         if outcome.deadline_exceeded:
             series.deadline_exceeded.inc()
-        trace_id = current_trace_id()
+        trace_id = sampled_trace_id()
         series.duration.observe(
             outcome.elapsed_s, None if trace_id is None else {"trace_id": trace_id}
         )
