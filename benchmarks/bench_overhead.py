@@ -11,7 +11,10 @@ frequency, other load) hits them all alike:
   ``instrument(guard)`` sets them up: at the default INFO level a clean exit renders one
   line (``exit.finished``); its routine transitions and its filled attempt are DEBUG events;
 - full-verbose: the same with every transition and attempt rendered too (``LogHooks(
-  routine_level="info")``: five JSON lines per clean exit). Shown for reference, no target.
+  routine_level="info")``: five JSON lines per clean exit). Shown for reference, no target;
+- full-10%: full, with ``configure_tracing(sample_ratio=0.1)``: one exit in ten is traced
+  (the others keep a trace id for their log line). Shown for reference, no target: what
+  head sampling buys (see benchmarks/README.md for what it costs).
 
 Prints microseconds per exit (median over rounds), the microseconds each adds to bare,
 and the ratios, then checks the targets (metrics <= 15 us, full <= 100 us per exit).
@@ -86,15 +89,23 @@ class DroppingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def build_guards(null: Any) -> tuple[dict[str, ExitGuard], TracerProvider, DroppingExporter]:
+SAMPLE_RATIO = 0.1
+
+
+def build_guards(
+    null: Any,
+) -> tuple[dict[str, ExitGuard], list[TracerProvider], DroppingExporter, DroppingExporter]:
     configure_logging(json=True, level="INFO", stream=null)
     exporter = DroppingExporter()
     # What configure_tracing sets up (a BatchSpanProcessor), with a collector that drops.
     # The queue holds a whole round, so no span is dropped: every one is paid for.
     provider = configure_tracing(None, exporter=exporter, set_global=False,
                                  max_queue_size=1 << 17)
+    sampled_exporter = DroppingExporter()
+    sampled = configure_tracing(None, exporter=sampled_exporter, set_global=False,
+                                max_queue_size=1 << 17, sample_ratio=SAMPLE_RATIO)
     guards = {name: ExitGuard(InstantVenue(), name=name)
-              for name in ("bare", "metrics", "traces", "full", "full-verbose")}
+              for name in ("bare", "metrics", "traces", "full", "full-verbose", "full-10%")}
     instrument(guards["metrics"], traces=False, logs=False, registry=CollectorRegistry())
     instrument(guards["traces"], metrics=False, logs=False, tracer_provider=provider)
     instrument(guards["full"], registry=CollectorRegistry(), tracer_provider=provider)
@@ -102,7 +113,8 @@ def build_guards(null: Any) -> tuple[dict[str, ExitGuard], TracerProvider, Dropp
         TracingHooks(provider), PrometheusHooks(CollectorRegistry()),
         LogHooks(routine_level="info"),
     ))
-    return guards, provider, exporter
+    instrument(guards["full-10%"], registry=CollectorRegistry(), tracer_provider=sampled)
+    return guards, [provider, sampled], exporter, sampled_exporter
 
 
 async def run_exits(guard: ExitGuard, positions: list[Position]) -> float:
@@ -116,8 +128,8 @@ async def run_exits(guard: ExitGuard, positions: list[Position]) -> float:
 
 async def bench(
     exits: int, rounds: int, warmup: int, null: Any
-) -> tuple[dict[str, list[float]], int]:
-    guards, provider, exporter = build_guards(null)
+) -> tuple[dict[str, list[float]], int, int]:
+    guards, providers, exporter, sampled_exporter = build_guards(null)
     positions = [Position(f"pos-{i}", "SOL", 10.0, 100.0) for i in range(exits)]
     for guard in guards.values():  # warm caches, label children, the span processor
         await run_exits(guard, positions[:warmup])
@@ -129,8 +141,9 @@ async def bench(
         for name in order[shift:] + order[:shift]:
             gc.collect()
             samples[name].append(await run_exits(guards[name], positions) * 1e6)
-    provider.shutdown()
-    return samples, exporter.exported
+    for provider in providers:
+        provider.shutdown()
+    return samples, exporter.exported, sampled_exporter.exported
 
 
 def report(samples: dict[str, list[float]], exits: int, rounds: int) -> list[str]:
@@ -141,7 +154,7 @@ def report(samples: dict[str, list[float]], exits: int, rounds: int) -> list[str
         f"python {platform.python_version()} on {platform.machine()},"
         f" {os.cpu_count()} cpus, {platform.platform(terse=True)}",
         "",
-        f"{'set-up':<10} {'us/exit':>9} {'added us':>9} {'ratio':>7} {'min':>8} {'max':>8}"
+        f"{'set-up':<12} {'us/exit':>9} {'added us':>9} {'ratio':>7} {'min':>8} {'max':>8}"
         f"  target",
     ]
     failures = []
@@ -156,7 +169,7 @@ def report(samples: dict[str, list[float]], exits: int, rounds: int) -> list[str
             if not ok:
                 failures.append(name)
         lines.append(
-            f"{name:<10} {median:>9.1f} {added:>+9.1f} {median / bare:>6.2f}x"
+            f"{name:<12} {median:>9.1f} {added:>+9.1f} {median / bare:>6.2f}x"
             f" {min(values):>8.1f} {max(values):>8.1f}  {verdict}"
         )
     lines.append("")
@@ -174,13 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.exits < 1 or args.rounds < 1:
         parser.error("--exits and --rounds must be >= 1")
     with open(os.devnull, "w") as null:
-        samples, exported = asyncio.run(
+        samples, exported, sampled = asyncio.run(
             bench(args.exits, args.rounds, min(args.warmup, args.exits), null))
     lines = report(samples, args.exits, args.rounds)
-    traced = sum(1 for name in samples if name not in ("bare", "metrics"))
-    expected = 2 * (args.exits * args.rounds + min(args.warmup, args.exits)) * traced
+    traced = sum(1 for name in samples if name not in ("bare", "metrics", "full-10%"))
+    spans_per_setup = 2 * (args.exits * args.rounds + min(args.warmup, args.exits))
     print("\n".join(lines[:-1]))
-    print(f"spans exported (to the dropping exporter): {exported} of {expected}")
+    print(f"spans exported (to the dropping exporter): {exported} of {spans_per_setup * traced};"
+          f" full-10%: {sampled} of {spans_per_setup}"
+          f" ({sampled / spans_per_setup:.1%}, sample_ratio {SAMPLE_RATIO:g})")
     print(lines[-1])
     missed = lines[-1].startswith("targets: MISSED")
     return 1 if missed and not args.no_check else 0

@@ -9,7 +9,12 @@ JSON log line costs the exit (a system call that releases the GIL).
 
 The difference between "batch + write" and "batch" minus that between "none + write" and
 "none" is what a GIL-releasing system call costs when the export thread is alive: the thread
-takes the GIL at that moment and the exit's thread waits to get it back.
+takes the GIL at that moment and the exit's thread waits to get it back. The export thread's
+own CPU time per exit is printed beside it.
+
+Then whole exits (the guard, ``instrument(guard)``: metrics, traces, logs rendered to
+/dev/null) with the same three span processors, interleaved: what the full set-up of
+bench_overhead costs with no export thread at all, and with no span processor at all.
 
     .venv/bin/python benchmarks/bench_span_worker.py [--exits 3000] [--rounds 7]
 """
@@ -17,7 +22,9 @@ takes the GIL at that moment and the exit's thread waits to get it back.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import gc
 import os
 import statistics
 import sys
@@ -27,11 +34,13 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import CollectorRegistry
 
 from exitguard import ExitGuard, Position
 from exitguard.hooks import ExitInfo, NoopHooks
-from exitguard.telemetry import TracingHooks
+from exitguard.telemetry import TracingHooks, configure_logging, instrument
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
+from exitguard.venue import ExitOrder, Fill, Lookup, Submission, TxStatus
 
 Call = tuple[str, tuple[Any, ...]]
 
@@ -83,13 +92,32 @@ def _one_exit() -> tuple[ExitInfo, list[Call]]:
     return recorder.info, recorder.calls
 
 
-def _measure(processor: str, write: bool, exits: int, rounds: int) -> float:
-    info, calls = _one_exit()
+def _provider(processor: str) -> tuple[TracerProvider, BatchSpanProcessor | None]:
     provider = TracerProvider()
+    batch = None
     if processor == "batch":
-        provider.add_span_processor(BatchSpanProcessor(_Dropping(), max_queue_size=1 << 16))
+        batch = BatchSpanProcessor(_Dropping(), max_queue_size=1 << 17)
+        provider.add_span_processor(batch)
     elif processor == "queue":
         provider.add_span_processor(_SameThreadQueue())
+    return provider, batch
+
+
+def _worker_clock(batch: BatchSpanProcessor | None) -> Callable[[], float]:
+    """The export thread's CPU time in seconds (0 without one)."""
+    thread = getattr(getattr(batch, "_batch_processor", None), "_worker_thread", None)
+    ident = getattr(thread, "ident", None)
+    if ident is None:
+        return lambda: 0.0
+    clock = time.pthread_getcpuclockid(ident)
+    return lambda: time.clock_gettime(clock)
+
+
+def _measure(processor: str, write: bool, exits: int, rounds: int) -> tuple[float, float]:
+    """(us per exit, the export thread's CPU us per exit), medians over rounds."""
+    info, calls = _one_exit()
+    provider, batch = _provider(processor)
+    worker_cpu = _worker_clock(batch)
     hooks = TracingHooks(provider)
     fd = os.open(os.devnull, os.O_WRONLY)
     line = b"x" * 300
@@ -103,15 +131,67 @@ def _measure(processor: str, write: bool, exits: int, rounds: int) -> float:
 
     for _ in range(300):
         one()
-    samples = []
+    samples, worker = [], []
     for _ in range(rounds):
-        start = time.perf_counter()
+        worker_start, start = worker_cpu(), time.perf_counter()
         for _ in range(exits):
             one()
         samples.append((time.perf_counter() - start) / exits * 1e6)
+        worker.append((worker_cpu() - worker_start) / exits * 1e6)
     provider.shutdown()
     os.close(fd)
-    return statistics.median(samples)
+    return statistics.median(samples), statistics.median(worker)
+
+
+class _InstantVenue:
+    name = "instant"
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    async def price(self, position: Position) -> float:
+        return 95.0
+
+    async def submit(self, order: ExitOrder) -> Submission:
+        self._n += 1
+        return Submission(f"tx{self._n}", order, None)
+
+    async def confirm(self, submission: Submission) -> Fill:
+        return Fill(submission.tx_id, submission.order.size, 94.9)
+
+    async def lookup(self, submission: Submission) -> Lookup:
+        return Lookup(TxStatus.LANDED, Fill(submission.tx_id, submission.order.size, 94.9))
+
+
+async def _full_exits(processors: Sequence[str], exits: int, rounds: int) -> dict[str, float]:
+    """us added per exit by instrument(guard) with each span processor, against bare."""
+    positions = [Position(f"pos-{i}", "SOL", 10.0, 100.0) for i in range(exits)]
+    guards = {"bare": ExitGuard(_InstantVenue(), name="bare")}
+    providers = []
+    for processor in processors:
+        provider, _ = _provider(processor)
+        providers.append(provider)
+        guard = ExitGuard(_InstantVenue(), name=processor)
+        instrument(guard, registry=CollectorRegistry(), tracer_provider=provider)
+        guards[processor] = guard
+
+    async def per_exit(guard: ExitGuard, batch: list[Position]) -> float:
+        start = time.perf_counter()
+        for position in batch:
+            await guard.exit(position, signal_price=95.0, reason="bench")
+        return (time.perf_counter() - start) / len(batch) * 1e6
+
+    for guard in guards.values():
+        await per_exit(guard, positions[:300])
+    samples: dict[str, list[float]] = {name: [] for name in guards}
+    for _ in range(rounds):
+        for name, guard in guards.items():
+            gc.collect()
+            samples[name].append(await per_exit(guard, positions))
+    for provider in providers:
+        provider.shutdown()
+    bare = statistics.median(samples["bare"])
+    return {name: statistics.median(values) - bare for name, values in samples.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,16 +205,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--exits and --rounds must be >= 1")
     print(f"tracing one exit's hook calls, replayed; median us/exit over {args.rounds} rounds"
           f" of {args.exits} ({os.cpu_count()} cpus, python {sys.version.split()[0]})")
-    print(f"{'span processor':<34} {'bare':>8} {'+ write':>8} {'write costs':>12}")
+    print(f"{'span processor':<34} {'bare':>8} {'+ write':>8} {'write costs':>12}"
+          f" {'export thread cpu':>18}")
     added = {}
-    for processor, label in (("none", "none"), ("queue", "same-thread queue (no thread)"),
-                             ("batch", "BatchSpanProcessor (export thread)")):
-        bare = _measure(processor, False, args.exits, args.rounds)
-        written = _measure(processor, True, args.exits, args.rounds)
+    labels = {"none": "none", "queue": "same-thread queue (no thread)",
+              "batch": "BatchSpanProcessor (export thread)"}
+    for processor, label in labels.items():
+        bare, bare_worker = _measure(processor, False, args.exits, args.rounds)
+        written, written_worker = _measure(processor, True, args.exits, args.rounds)
         added[processor] = written - bare
-        print(f"{label:<34} {bare:>8.1f} {written:>8.1f} {written - bare:>+11.1f}")
+        cpu = (f"{bare_worker:.1f} -> {written_worker:.1f}" if processor == "batch" else "")
+        print(f"{label:<34} {bare:>8.1f} {written:>8.1f} {written - bare:>+11.1f} {cpu:>18}")
     print(f"\nper GIL-releasing system call with the export thread alive:"
           f" {added['batch'] - added['none']:+.1f} us")
+
+    print(f"\nwhole exits, instrument(guard) (metrics, traces, logs rendered), us added per"
+          f" exit to bare, median of {args.rounds} rounds of {args.exits}:")
+    with open(os.devnull, "w") as null:
+        configure_logging(json=True, level="INFO", stream=null)
+        full = asyncio.run(_full_exits(list(labels), args.exits, args.rounds))
+    for processor, label in labels.items():
+        print(f"  span processor {label:<34} {full[processor]:>+7.1f}")
     return 0
 
 
