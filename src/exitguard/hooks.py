@@ -175,44 +175,69 @@ def _call(failures: FailureLog, target: object, method: str, *args: Any) -> Any:
 
 
 class SafeObserver:
-    """Fans one exit's events out to observers; a raising observer is isolated.
+    """Fans one exit's events out to observers; a raising observer is isolated (its failure
+    recorded in ``failures``). Direct calls, not a dispatch by name: it runs on every event
+    of every instrumented exit.
 
-    ``exit_finished`` runs in reverse order, so an observer that opened a context (a span)
-    first closes it last, after the others have read it.
+    ``exit_finished`` and ``attempt_finished`` run in reverse order, so an observer that
+    opened a context (a span) first closes it last, after the others have read it.
     """
 
-    __slots__ = ("_failures", "_observers")
+    __slots__ = ("_failures", "_observers", "_reversed")
 
     def __init__(self, observers: Sequence[ExitObserver], failures: FailureLog) -> None:
         self._observers = tuple(observers)
+        self._reversed = self._observers[::-1]
         self._failures = failures
 
-    def _each(self, method: str, *args: Any) -> None:
-        for observer in self._observers:
-            _call(self._failures, observer, method, *args)
-
     def attempt_started(self, attempt: AttemptInfo) -> None:
-        self._each("attempt_started", attempt)
+        for observer in self._observers:
+            try:
+                observer.attempt_started(attempt)
+            except Exception as exc:  # a hook must never break an exit
+                self._failures.record(observer, "attempt_started", exc)
 
     def attempt_finished(self, report: AttemptReport) -> None:
-        for observer in reversed(self._observers):
-            _call(self._failures, observer, "attempt_finished", report)
+        for observer in self._reversed:
+            try:
+                observer.attempt_finished(report)
+            except Exception as exc:
+                self._failures.record(observer, "attempt_finished", exc)
 
     def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        self._each("retry", error_class, next_attempt)
+        for observer in self._observers:
+            try:
+                observer.retry(error_class, next_attempt)
+            except Exception as exc:
+                self._failures.record(observer, "retry", exc)
 
     def backoff(self, delay_s: float) -> None:
-        self._each("backoff", delay_s)
+        for observer in self._observers:
+            try:
+                observer.backoff(delay_s)
+            except Exception as exc:
+                self._failures.record(observer, "backoff", exc)
 
     def transition(self, record: TransitionRecord) -> None:
-        self._each("transition", record)
+        for observer in self._observers:
+            try:
+                observer.transition(record)
+            except Exception as exc:
+                self._failures.record(observer, "transition", exc)
 
     def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        self._each("reconciled", tx_id, status)
+        for observer in self._observers:
+            try:
+                observer.reconciled(tx_id, status)
+            except Exception as exc:
+                self._failures.record(observer, "reconciled", exc)
 
     def exit_finished(self, outcome: ExitOutcome) -> None:
-        for observer in reversed(self._observers):
-            _call(self._failures, observer, "exit_finished", outcome)
+        for observer in self._reversed:
+            try:
+                observer.exit_finished(outcome)
+            except Exception as exc:
+                self._failures.record(observer, "exit_finished", exc)
 
 
 class SafeHooks:

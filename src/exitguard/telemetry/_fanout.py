@@ -10,75 +10,14 @@ in order (traces first, so the span is current for the others), finishes in reve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..hooks import AttemptInfo, AttemptReport, ExitInfo, ExitObserver, FailureLog, Hooks
+from ..hooks import ExitInfo, ExitObserver, FailureLog, Hooks, SafeObserver
 from ..venue import Fill, TxStatus
 
 if TYPE_CHECKING:
     from ..breaker import BreakerState
-    from ..errors import ErrorClass
     from ..halt import HaltRecord
-    from ..outcome import ExitOutcome
-    from ..state_machine import TransitionRecord
-
-class _FanOutObserver:
-    __slots__ = ("_failures", "_observers", "_reversed")
-
-    def __init__(self, observers: Sequence[ExitObserver], failures: FailureLog) -> None:
-        self._failures = failures
-        self._observers = tuple(observers)
-        self._reversed = self._observers[::-1]
-
-    def attempt_started(self, attempt: AttemptInfo) -> None:
-        for observer in self._observers:
-            try:
-                observer.attempt_started(attempt)
-            except Exception as exc:
-                self._failures.record(observer, "attempt_started", exc)
-
-    def attempt_finished(self, report: AttemptReport) -> None:
-        for observer in self._reversed:
-            try:
-                observer.attempt_finished(report)
-            except Exception as exc:
-                self._failures.record(observer, "attempt_finished", exc)
-
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        for observer in self._observers:
-            try:
-                observer.retry(error_class, next_attempt)
-            except Exception as exc:
-                self._failures.record(observer, "retry", exc)
-
-    def backoff(self, delay_s: float) -> None:
-        for observer in self._observers:
-            try:
-                observer.backoff(delay_s)
-            except Exception as exc:
-                self._failures.record(observer, "backoff", exc)
-
-    def transition(self, record: TransitionRecord) -> None:
-        for observer in self._observers:
-            try:
-                observer.transition(record)
-            except Exception as exc:
-                self._failures.record(observer, "transition", exc)
-
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        for observer in self._observers:
-            try:
-                observer.reconciled(tx_id, status)
-            except Exception as exc:
-                self._failures.record(observer, "reconciled", exc)
-
-    def exit_finished(self, outcome: ExitOutcome) -> None:
-        for observer in self._reversed:
-            try:
-                observer.exit_finished(outcome)
-            except Exception as exc:
-                self._failures.record(observer, "exit_finished", exc)
 
 
 class TelemetryHooks:
@@ -107,7 +46,7 @@ class TelemetryHooks:
                 observers.append(observer)
         if not observers:
             return None
-        return observers[0] if len(observers) == 1 else _FanOutObserver(observers, self._failures)
+        return observers[0] if len(observers) == 1 else SafeObserver(observers, self._failures)
 
     def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
         for part in self.parts:
