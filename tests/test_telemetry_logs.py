@@ -230,6 +230,34 @@ def test_console_output_for_humans() -> None:
         json.loads(text.splitlines()[0])
 
 
+def test_one_log_hooks_follows_every_reconfiguration() -> None:
+    # The exit's logger is reused while structlog's configuration stays, rebuilt when it
+    # changes: each exit goes where the configuration of its start says.
+    first, second, third = io.StringIO(), io.StringIO(), io.StringIO()
+    hooks = LogHooks()
+
+    async def one_exit(n: int) -> None:
+        guard = ExitGuard(ScriptedVenue([TxPlan()], price=95.0), name="bot", hooks=hooks)
+        await guard.exit(Position(f"pos-{n}", "SOL", 10.0, 100.0), signal_price=95.0)
+
+    configure_logging(json=True, level="INFO", stream=first)
+    run_virtual(one_exit(1))
+    run_virtual(one_exit(2))
+    configure_logging(json=True, level="INFO", stream=second)
+    run_virtual(one_exit(3))
+    configure_logging(json=True, level="ERROR", stream=third)
+    run_virtual(one_exit(4))  # a clean exit logs nothing at error
+    configure_logging(json=False, level="INFO", stream=third)
+    run_virtual(one_exit(5))
+    assert [json.loads(line)["position_id"] for line in first.getvalue().splitlines()] == [
+        "pos-1", "pos-2"]
+    assert [json.loads(line)["position_id"] for line in second.getvalue().splitlines()] == [
+        "pos-3"]
+    (console,) = third.getvalue().splitlines()
+    assert "exit.finished" in console
+    assert "position_id=pos-5" in console
+
+
 def test_stdlib_mode_renders_ours_and_the_cores_records() -> None:
     stream = io.StringIO()
     configure_logging(stdlib=True, json=True, level="INFO", stream=stream)

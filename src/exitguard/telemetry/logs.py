@@ -259,12 +259,26 @@ class LogHooks:
         self._own_logger = logger is None
         self.logger: Any = logger if logger is not None else structlog.get_logger(LOGGER_NAME)
         self.routine_level = _level_number(routine_level)
+        self._bound: tuple[tuple[object, ...], Any] | None = None  # (configuration, logger)
+
+    def _exit_log(self) -> Any:
+        """The logger for an exit, as structlog is configured now: rebuilt when the
+        configuration changed (structlog's first-use cache would pin the first one forever),
+        reused otherwise (a new proxy and bind per exit cost a few microseconds)."""
+        if not self._own_logger:
+            return self.logger.bind()
+        config = structlog.get_config()
+        key = (config["processors"], config["wrapper_class"], config["logger_factory"],
+               config["context_class"])
+        bound = self._bound
+        if bound is not None and all(a is b for a, b in zip(bound[0], key, strict=True)):
+            return bound[1]
+        log = structlog.get_logger(LOGGER_NAME).bind()
+        self._bound = (key, log)
+        return log
 
     def exit_started(self, exit: ExitInfo) -> _LogObserver | None:
-        # The logger as structlog is configured now (a fresh proxy: structlog's first-use
-        # cache would otherwise pin the configuration of the first exit forever).
-        proxy = structlog.get_logger(LOGGER_NAME) if self._own_logger else self.logger
-        log = proxy.bind()
+        log = self._exit_log()
         level = _effective_level(log)
         if level > _ERROR:
             return None
