@@ -341,6 +341,16 @@ class ExitGuard:
 class _ExitRun:
     """The state of one exit. Lives only as long as the exit (and its reconciliation)."""
 
+    # Slots: thousands may be in flight at once, and a dict of 34 attributes is 1.5 KiB.
+    __slots__ = (
+        "attempts", "background_pending", "deadline", "deadline_hit", "failed_attempts",
+        "fills", "guard", "in_flight_submission", "info", "ladder_failures",
+        "last_attempt_at", "last_error", "last_error_class", "last_price", "lookup_failures",
+        "loop", "observer", "pending", "permit", "policy", "position", "quote_failed",
+        "reason", "remaining", "reserve", "resumed", "route", "signal_price", "sm",
+        "step_index", "stop_reason", "submission_deadline", "tries_at_step", "venue_of",
+    )
+
     def __init__(self, guard: ExitGuard, position: Position, signal_price: float, reason: str):
         loop = asyncio.get_running_loop()
         self.loop = loop
