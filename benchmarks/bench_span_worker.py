@@ -36,11 +36,11 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
+from bench_overhead import InstantVenue
 from exitguard import ExitGuard, Position
 from exitguard.hooks import ExitInfo, NoopHooks
 from exitguard.telemetry import TracingHooks, configure_logging, instrument
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
-from exitguard.venue import ExitOrder, Fill, Lookup, Submission, TxStatus
 
 Call = tuple[str, tuple[Any, ...]]
 
@@ -143,35 +143,15 @@ def _measure(processor: str, write: bool, exits: int, rounds: int) -> tuple[floa
     return statistics.median(samples), statistics.median(worker)
 
 
-class _InstantVenue:
-    name = "instant"
-
-    def __init__(self) -> None:
-        self._n = 0
-
-    async def price(self, position: Position) -> float:
-        return 95.0
-
-    async def submit(self, order: ExitOrder) -> Submission:
-        self._n += 1
-        return Submission(f"tx{self._n}", order, None)
-
-    async def confirm(self, submission: Submission) -> Fill:
-        return Fill(submission.tx_id, submission.order.size, 94.9)
-
-    async def lookup(self, submission: Submission) -> Lookup:
-        return Lookup(TxStatus.LANDED, Fill(submission.tx_id, submission.order.size, 94.9))
-
-
 async def _full_exits(processors: Sequence[str], exits: int, rounds: int) -> dict[str, float]:
     """us added per exit by instrument(guard) with each span processor, against bare."""
     positions = [Position(f"pos-{i}", "SOL", 10.0, 100.0) for i in range(exits)]
-    guards = {"bare": ExitGuard(_InstantVenue(), name="bare")}
+    guards = {"bare": ExitGuard(InstantVenue(), name="bare")}
     providers = []
     for processor in processors:
         provider, _ = _provider(processor)
         providers.append(provider)
-        guard = ExitGuard(_InstantVenue(), name=processor)
+        guard = ExitGuard(InstantVenue(), name=processor)
         instrument(guard, registry=CollectorRegistry(), tracer_provider=provider)
         guards[processor] = guard
 

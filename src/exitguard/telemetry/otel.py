@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioB
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from .. import catalogue
-from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
+from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, NoopExitObserver
 from ..outcome import ExitOutcome, ExitStatus
 from ..venue import Fill, TxStatus
 from ._context import redact
@@ -254,7 +254,7 @@ class _TraceObserver:
             otel_context.detach(token)  # type: ignore[arg-type]
 
 
-class _UnsampledObserver:
+class _UnsampledObserver(NoopExitObserver):
     """An exit whose trace the sampler dropped: its span context is still current for the
     whole exit (the log lines share its trace id; the bot's own spans inside it follow the
     decision), but nothing is recorded, so no attribute, event or attempt span is built."""
@@ -263,24 +263,6 @@ class _UnsampledObserver:
 
     def __init__(self, span: Span) -> None:
         self._token: object | None = otel_context.attach(trace.set_span_in_context(span))
-
-    def attempt_started(self, attempt: AttemptInfo) -> None:
-        pass
-
-    def attempt_finished(self, report: AttemptReport) -> None:
-        pass
-
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        pass
-
-    def backoff(self, delay_s: float) -> None:
-        pass
-
-    def transition(self, record: TransitionRecord) -> None:
-        pass
-
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        pass
 
     def exit_finished(self, outcome: ExitOutcome) -> None:
         token, self._token = self._token, None
