@@ -59,6 +59,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
             # Enough exits for every rate window, and at least one slow/refused path.
             wait_until(lambda: _count(prom, f"sum({catalogue.EXITS.name})") >= 15, 90,
                        interval=1.0, what="15 exits scraped")
+            # The alerts annotation needs an alert firing: the simulated congestion and
+            # outage phases make one within a couple of minutes.
+            wait_until(lambda: _count(prom, 'count(ALERTS{alertstate="firing"})') >= 1, 180,
+                       interval=1.0, what="an alert firing")
             time.sleep(2)
             yield prom
 

@@ -106,14 +106,26 @@ def test_known_error_texts(text: str, expected: ErrorClass) -> None:
     assert default_classifier(ExitError(text)) is expected
 
 
-def test_text_is_more_specific_than_the_python_type() -> None:
-    # A TimeoutError carrying the slippage code is a slippage error, not an unknown outcome.
-    assert default_classifier(TimeoutError("custom program error: 0x1771")) is (
-        E.SLIPPAGE_EXCEEDED
-    )
-    # A connection that timed out may have sent the order: an unknown outcome, the safe side.
-    assert default_classifier(ConnectionError("connection timed out")) is E.RPC_TIMEOUT
-    assert default_classifier(OSError("insufficient funds")) is E.INSUFFICIENT_BALANCE
+def test_the_exception_type_wins_over_free_text() -> None:
+    # Text that merely contains a venue's word must not change what the type says: a wrong
+    # "expired" would send a second order while the first may land.
+    assert default_classifier(ConnectionError("SSL certificate has expired")) is E.NETWORK
+    assert default_classifier(OSError("session expired")) is E.NETWORK
+    assert default_classifier(TimeoutError("custom program error: 0x1771")) is E.RPC_TIMEOUT
+    assert default_classifier(ConnectionError("connection timed out")) is E.NETWORK
+    assert default_classifier(OSError("insufficient funds")) is E.NETWORK
+    # Untyped errors are classified by the venue's specific phrases only.
+    assert default_classifier(RuntimeError("API key expired")) is E.UNKNOWN
+    assert default_classifier(RuntimeError("insufficient permissions")) is E.UNKNOWN
+    assert default_classifier(RuntimeError("Transaction simulation failed: Blockhash not found")
+                              ) is E.TX_EXPIRED
+
+
+def test_only_order_not_sent_is_a_definite_not_sent() -> None:
+    from exitguard.errors import NetworkError, OrderNotSent
+
+    assert default_classifier(OrderNotSent("rejected before sending")) is E.NOT_SENT
+    assert default_classifier(NetworkError("reset")) is E.NETWORK
 
 
 def test_permanence_and_retryable_sets() -> None:

@@ -128,11 +128,26 @@ def test_partial_fill_resubmits_only_the_remainder() -> None:
 
 
 def test_partial_fills_do_not_exhaust_attempts() -> None:
-    venue = ScriptedVenue(default=TxPlan(fill_fraction=0.5), price=95.0)
+    venue = ScriptedVenue([TxPlan(fill_fraction=0.5), TxPlan(fill_fraction=0.5)], price=95.0)
     outcome, _ = exit_once(venue, policy=RetryPolicy(max_attempts=1))
-    # Halving each time never reaches zero exactly; dust below 1e-9 of the size counts as done.
+    # Two halvings then a full fill: three submissions although max_attempts is 1.
     assert outcome.status is ExitStatus.CLOSED
+    assert outcome.attempts == 3
     assert outcome.filled_size == pytest.approx(10.0)
+
+
+def test_partial_fills_are_bounded_with_backoff_between_them() -> None:
+    """A venue that fills a sliver per transaction cannot make one exit send hundreds."""
+    venue = ScriptedVenue(default=TxPlan(fill_fraction=0.0001), price=95.0)
+    policy = RetryPolicy(max_attempts=2, max_partial_fills=4, initial_backoff=0.1)
+    outcome, _ = exit_once(venue, policy=policy)
+    assert outcome.status is ExitStatus.FAILED
+    assert "partial fills" in outcome.reason
+    assert venue.submit_calls == 4
+    sent_at = [tx.sent_at for tx in venue.sent]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert all(gap >= 0.1 for gap in gaps), gaps  # backoff between partial fills
+    assert venue.sold_eventually() <= 10.0
 
 
 @pytest.mark.parametrize("where", ["send", "confirm"])
@@ -228,7 +243,48 @@ def test_max_attempts_bounds_failures() -> None:
     assert not outcome.deadline_exceeded
 
 
-def test_breaker_refuses_after_threshold_and_halts_entries() -> None:
+def test_an_open_breaker_never_refuses_an_exit_by_default_it_goes_as_the_probe() -> None:
+    failing = TxPlan(confirm_error=InsufficientBalance("insufficient"), lands_after=None)
+    venue = ScriptedVenue([failing, failing], price=95.0)
+    halt = TradingHalt(approvers=["alice"])
+
+    async def main() -> tuple[list[ExitOutcome], BreakerState]:
+        breaker = CircuitBreaker(2, name="dex", cooldown=60)
+        guard = ExitGuard(venue, breaker=breaker, halt=halt)
+        outcomes = [await guard.exit(POSITION, signal_price=95.0) for _ in range(2)]
+        assert breaker.state is BreakerState.OPEN
+        outcomes.append(await guard.exit(POSITION, signal_price=95.0))
+        with pytest.raises(TradingHalted):
+            guard.check_entry()  # entries stay halted after the probe exit
+        return outcomes, breaker.state
+
+    outcomes, state = run_virtual(main())
+    assert [o.status for o in outcomes] == [ExitStatus.FAILED, ExitStatus.FAILED,
+                                            ExitStatus.CLOSED]
+    assert venue.submit_calls == 3  # the stop-loss was tried although the breaker was open
+    assert state is BreakerState.CLOSED  # the forced probe succeeded: the breaker closes
+    assert halt.is_halted  # resuming entries stays a human decision
+
+
+def test_a_failed_forced_probe_keeps_the_breaker_open_and_counts() -> None:
+    failing = TxPlan(confirm_error=InsufficientBalance("insufficient"), lands_after=None)
+    venue = ScriptedVenue(default=failing, price=95.0)
+
+    async def main() -> tuple[ExitOutcome, BreakerState, int]:
+        breaker = CircuitBreaker(1, name="dex", cooldown=60)
+        breaker.record_failure()
+        guard = ExitGuard(venue, breaker=breaker)
+        outcome = await guard.exit(POSITION, signal_price=95.0)
+        return outcome, breaker.state, breaker.consecutive_failures
+
+    outcome, state, failures = run_virtual(main())
+    assert outcome.status is ExitStatus.FAILED
+    assert venue.submit_calls == 1
+    assert state is BreakerState.OPEN
+    assert failures == 2
+
+
+def test_refuse_when_open_is_an_explicit_opt_in() -> None:
     failing = TxPlan(confirm_error=InsufficientBalance("insufficient"), lands_after=None)
     venue = ScriptedVenue(default=failing, price=95.0)
     hooks = RecordingHooks()
@@ -236,7 +292,7 @@ def test_breaker_refuses_after_threshold_and_halts_entries() -> None:
 
     async def main() -> list[ExitOutcome]:
         guard = ExitGuard(venue, breaker=CircuitBreaker(2, name="dex", cooldown=60),
-                          halt=halt, hooks=hooks)
+                          halt=halt, hooks=hooks, refuse_when_open=True)
         guard.check_entry()  # trading allowed at first
         outcomes = [await guard.exit(POSITION, signal_price=95.0) for _ in range(3)]
         with pytest.raises(TradingHalted):
@@ -277,7 +333,7 @@ def test_half_open_probe_success_closes_the_breaker() -> None:
     async def main() -> tuple[ExitOutcome, BreakerState]:
         breaker = CircuitBreaker(1, name="dex", cooldown=10)
         breaker.record_failure()
-        guard = ExitGuard(venue, breaker=breaker)
+        guard = ExitGuard(venue, breaker=breaker, refuse_when_open=True)
         refused = await guard.exit(POSITION, signal_price=95.0)
         assert refused.status is ExitStatus.REFUSED
         await asyncio.sleep(10)
@@ -331,8 +387,8 @@ def test_a_raising_hook_changes_nothing() -> None:
 
 def test_hook_events_arrive_in_order() -> None:
     hooks = RecordingHooks()
-    exit_once(ScriptedVenue([TxPlan(hang=True, lands_after=3.0, expires_after=20.0)],
-                            price=95.0), hooks=hooks)
+    exit_once(ScriptedVenue([TxPlan(hang=True, lands_after=None, expires_after=20.0)],
+                            price=95.0), hooks=hooks, deadline=12.0, drain=False)
     names = hooks.names()
     assert names[0] == "exit_started"
     assert names[-1] == "exit_finished"
@@ -390,9 +446,18 @@ def test_bad_position_is_refused_at_construction(field: str, kwargs: dict[str, A
         Position(**base)
 
 
+def _unchecked_fill(tx_id: str, size: float, price: float) -> Fill:
+    """A Fill that skipped its own validation, as a duck-typed venue object could be."""
+    fill = object.__new__(Fill)
+    for name, value in (("tx_id", tx_id), ("size", size), ("price", price)):
+        object.__setattr__(fill, name, value)
+    return fill
+
+
 @pytest.mark.parametrize(
     "garbage",
-    [Fill("tx1", -1.0, 95.0), Fill("tx1", 25.0, 95.0), Fill("tx1", 10.0, math.nan)],
+    [_unchecked_fill("tx1", -1.0, 95.0), Fill("tx1", 25.0, 95.0),
+     _unchecked_fill("tx1", 10.0, math.nan), _unchecked_fill("tx1", True, 95.0)],
 )
 def test_garbage_fill_is_an_unknown_outcome_not_a_fill(garbage: Fill) -> None:
     class GarbageVenue(ScriptedVenue):
@@ -494,20 +559,21 @@ def test_bug_003_scenario_with_defensive_fix() -> None:
 
 
 
-def test_closing_right_after_an_unresolved_exit_still_reports_the_pending_ids() -> None:
+def test_closing_right_after_an_unresolved_exit_never_forgets_the_pending_ids() -> None:
     venue = ScriptedVenue([HANG_FOREVER], price=95.0)
     hooks = RecordingHooks()
 
-    async def main() -> ExitOutcome:
+    async def main() -> tuple[ExitOutcome, tuple[str, ...]]:
         guard = ExitGuard(venue, hooks=hooks)
         outcome = await guard.exit(POSITION, signal_price=95.0)
         await guard.aclose()  # cancels reconciliation before it ever ran
         assert guard.reconciling == 0
-        return outcome
+        return outcome, guard.pending_tx_ids
 
-    outcome = run_virtual(main())
+    outcome, still_pending = run_virtual(main())
     assert outcome.status is ExitStatus.UNRESOLVED
-    assert ("pending_resolved", ("tx1", "pending")) in hooks.events
+    assert still_pending == ("tx1",)  # closing stops polling; it forgets nothing
+    assert not any(name == "pending_resolved" for name in hooks.names())
 
 
 def test_an_internal_error_still_finishes_the_exit_and_its_hooks() -> None:

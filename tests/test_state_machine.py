@@ -206,9 +206,10 @@ def test_the_table_says_what_the_design_says() -> None:
     assert S.SUBMITTED not in ALLOWED[S.CONFIRMATION_TIMEOUT]
     assert S.SUBMITTED not in ALLOWED[S.RECONCILING]
     assert S.SUBMITTED not in ALLOWED[S.SUBMITTED]
-    # Only a submission (or its reconciliation) can close the position.
+    # Only a submission (or its reconciliation) can close the position, or the signal
+    # itself when earlier exits of the position already sold all of it.
     closers = {state for state in ExitState if S.POSITION_CLOSED in ALLOWED[state]}
-    assert closers == {S.SUBMITTED, S.RECONCILING}
+    assert closers == {S.SUBMITTED, S.RECONCILING, S.EXIT_SIGNAL_RECEIVED}
 
 
 def test_non_state_targets_are_refused() -> None:

@@ -51,9 +51,14 @@ TransitionListener = Callable[[str, BreakerState, BreakerState, str], None]
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Proof that an exit was let through; half-open probes hold one of the few slots."""
+    """Proof that an exit was let through; half-open probes hold one of the few slots.
+
+    ``forced``: the breaker was open and the exit went anyway as its probe (an exit is
+    never refused by default): it holds no slot, and its result still counts.
+    """
 
     probe: bool
+    forced: bool = False
 
 
 class CircuitBreaker:
@@ -182,6 +187,11 @@ class CircuitBreaker:
         self._notify(event)
         return permit
 
+    def probe_anyway(self) -> Permit:
+        """Let an exit through although the breaker refuses: it is the breaker's probe
+        (success closes it, failure keeps it open) without taking a half-open slot."""
+        return Permit(probe=True, forced=True)
+
     def should_accept_exit(self) -> bool:
         """The seed's check: would an exit be let through now? Takes no probe slot."""
         state = self.state
@@ -192,7 +202,7 @@ class CircuitBreaker:
 
     def release(self, permit: Permit | None) -> None:
         """Give a probe slot back without a verdict (the exit was cancelled)."""
-        if permit is not None and permit.probe:
+        if permit is not None and permit.probe and not permit.forced:
             with self._lock:
                 self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
@@ -201,9 +211,12 @@ class CircuitBreaker:
             self._consecutive_failures = 0
             self._record_call(ok=True)
             event = None
-            if self._state is BreakerState.HALF_OPEN:
+            forced = permit is not None and permit.forced
+            if self._state is BreakerState.HALF_OPEN or (
+                forced and self._state is BreakerState.OPEN
+            ):
                 event = self._set(BreakerState.CLOSED, "probe exit succeeded")
-            elif permit is not None and permit.probe:
+            elif permit is not None and permit.probe and not forced:
                 self._probes_in_flight = max(0, self._probes_in_flight - 1)
         self._notify(event)
 

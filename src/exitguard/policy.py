@@ -53,8 +53,13 @@ class RetryPolicy:
     ``default()`` is the seed's general-purpose policy. ``total_timeout`` bounds the
     submission phase: no attempt starts after it, and none starts with less than
     ``min_attempt_time`` left. ``attempt_timeout`` bounds each attempt's wait for a
-    confirmation (always further cut to the time left). Attempts that fill part of a
-    position make progress and do not count against ``max_attempts``.
+    confirmation (always further cut to the time left, and to the submission budget
+    divided by ``max_attempts``, so one hung attempt cannot eat the whole budget). An order
+    that was sent and failed, or whose outcome stayed unknown, spends one of
+    ``max_attempts``; an order the venue proves it never sent (``OrderNotSent``) spends
+    none (such resends are bounded by the deadline and the backoff). Attempts that fill part
+    of a position make progress and do not count against ``max_attempts``; at most
+    ``max_partial_fills`` of them are made in one exit, with the backoff between them.
     """
 
     max_attempts: int = 2
@@ -66,10 +71,12 @@ class RetryPolicy:
     retryable: frozenset[ErrorClass] = field(default=EXIT_RETRYABLE)
     min_attempt_time: float = 0.25
     jitter: float = 0.0
+    max_partial_fills: int = 10
 
     def __post_init__(self) -> None:
         owner = "RetryPolicy"
         _whole(owner, "max_attempts", self.max_attempts, 1)
+        _whole(owner, "max_partial_fills", self.max_partial_fills, 1)
         _positive(owner, "initial_backoff", self.initial_backoff)
         _positive(owner, "max_backoff", self.max_backoff)
         if self.max_backoff < self.initial_backoff:

@@ -31,6 +31,7 @@ __all__ = [
     "TxPlan",
     "VirtualTimeLoop",
     "run_virtual",
+    "unchecked_fill",
 ]
 
 
@@ -54,6 +55,21 @@ class TxPlan:
     fill_fraction: float = 1.0
     price: float | None = None
     lookup_error: BaseException | None = None
+    #: ``send_error`` is raised *after* the order went out (an RPC that broadcast and then
+    #: timed out, an exchange that accepted and dropped the connection).
+    sent_anyway: bool = False
+
+
+def unchecked_fill(tx_id: str, size: float, price: float) -> Fill:
+    """A Fill built without its own validation: a plan may script a lying venue (NaN
+    price, zero size) to test that the guard does not believe it."""
+    try:
+        return Fill(tx_id, size, price)
+    except ValueError:
+        fill = object.__new__(Fill)
+        for name, value in (("tx_id", tx_id), ("size", size), ("price", price)):
+            object.__setattr__(fill, name, value)
+        return fill
 
 
 @dataclass(slots=True)
@@ -131,7 +147,7 @@ class ScriptedVenue:
             tx.tx_id for tx in self.sent
             if tx.order.position.id == order.position.id and tx.live_at(now)
         ]
-        if plan.send_error is not None:
+        if plan.send_error is not None and not plan.sent_anyway:
             raise plan.send_error
         if live:
             self.violations.append(
@@ -139,16 +155,31 @@ class ScriptedVenue:
             )
         tx = SentTx(f"tx{next(self._ids)}", order, plan, now)
         self.sent.append(tx)
+        if plan.send_error is not None:
+            raise plan.send_error
         return Submission(tx.tx_id, order, tx.expires_at)
 
-    def _tx(self, submission: Submission) -> SentTx:
-        return next(tx for tx in self.sent if tx.tx_id == submission.tx_id)
+    def _find(self, submission: Submission) -> SentTx | None:
+        """By the venue's id, or (for an order whose submit did not answer) by the client
+        order id the guard gave it."""
+        for tx in self.sent:
+            if tx.tx_id == submission.tx_id or (
+                submission.tx_id == tx.order.client_order_id
+            ):
+                return tx
+        return None
 
-    def _fill(self, tx: SentTx) -> Fill:
+    def _tx(self, submission: Submission) -> SentTx:
+        tx = self._find(submission)
+        if tx is None:
+            raise LookupError(f"no order {submission.tx_id!r}")
+        return tx
+
+    def _fill(self, tx: SentTx, named: str | None = None) -> Fill:
         lands_at = tx.lands_at
         assert lands_at is not None
         price = tx.plan.price if tx.plan.price is not None else self.market_price(lands_at)
-        return Fill(tx.tx_id, tx.order.size * tx.plan.fill_fraction, price)
+        return unchecked_fill(named or tx.tx_id, tx.order.size * tx.plan.fill_fraction, price)
 
     async def confirm(self, submission: Submission) -> Fill:
         """Answers at ``confirm_after`` with the planned error, else when the transaction
@@ -167,12 +198,14 @@ class ScriptedVenue:
         raise TxExpired(f"{tx.tx_id} expired")
 
     async def lookup(self, submission: Submission) -> Lookup:
-        tx = self._tx(submission)
+        tx = self._find(submission)
+        if tx is None:  # this venue knows every order it accepted: it never got this one
+            return Lookup(TxStatus.EXPIRED)
         if tx.plan.lookup_error is not None:
             raise tx.plan.lookup_error
         now = self._now()
         if tx.landed_by(now):
-            return Lookup(TxStatus.LANDED, self._fill(tx))
+            return Lookup(TxStatus.LANDED, self._fill(tx, submission.tx_id))
         if now >= tx.expires_at:
             return Lookup(TxStatus.EXPIRED)
         return Lookup(TxStatus.PENDING)

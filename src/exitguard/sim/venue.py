@@ -360,6 +360,7 @@ class SimVenue:
         self.stats = VenueStats()
         self._markets: dict[str, tuple[MarketPath, float]] = {}
         self._txs: dict[str, SimTx] = {}
+        self._by_client_id: dict[str, SimTx] = {}  # what a lookup by client order id finds
         self._ids = itertools.count(1)
         self._cache: dict[tuple[int, ...], Conditions] = {}
 
@@ -375,6 +376,9 @@ class SimVenue:
         self._markets.pop(position_id, None)
         for tx_id in [t for t, tx in self._txs.items() if tx.order.position.id == position_id]:
             del self._txs[tx_id]
+        for key in [k for k, tx in self._by_client_id.items()
+                    if tx.order.position.id == position_id]:
+            del self._by_client_id[key]
 
     # -- the model ------------------------------------------------------------------------
 
@@ -479,6 +483,7 @@ class SimVenue:
         tx_id = f"{self.name}-{next(self._ids)}"
         tx = self._fate(order, tx_id, self._now(), conditions)
         self._txs[tx_id] = tx
+        self._by_client_id[order.client_order_id] = tx
         self.ledger.record(tx)
         self.stats.sent += 1
         return Submission(tx_id, order, tx.expires_at)
@@ -511,15 +516,20 @@ class SimVenue:
         raise TxExpired("Blockhash not found: block height exceeded")
 
     async def lookup(self, submission: Submission) -> Lookup:
-        tx = self._tx(submission)
         conditions = self.conditions()
         self.stats.lookups += 1
         await asyncio.sleep(conditions.rpc_latency)
         if conditions.lookup_failure_rate and self.rng.random() < conditions.lookup_failure_rate:
             self.stats.lookup_failures += 1
             raise NetworkError("getSignatureStatuses failed: 503 Service Unavailable")
+        tx = self._txs.get(submission.tx_id) or self._by_client_id.get(submission.tx_id)
+        if tx is None:  # a send that failed before the order reached the chain
+            return Lookup(TxStatus.EXPIRED)
         status = tx.status_at(self._now())
-        return Lookup(status, tx.fill if status is TxStatus.LANDED else None)
+        fill = tx.fill if status is TxStatus.LANDED else None
+        if fill is not None and submission.tx_id != fill.tx_id:  # found by client order id
+            fill = Fill(submission.tx_id, fill.size, fill.price)
+        return Lookup(status, fill)
 
     # -- ground truth ---------------------------------------------------------------------
 
