@@ -18,8 +18,9 @@ import yaml
 from _alerting_helpers import ALERTS, RUNBOOKS, github_anchors
 from _servers import require_binary, run_tool
 from exitguard import catalogue
-from exitguard.alerting import rules
-from exitguard.alerting.rules import RUNBOOK_BASE_URL, Thresholds
+from exitguard.artefacts import rules
+from exitguard.artefacts.rules import Thresholds
+from exitguard.runbooks import RUNBOOK_BASE_URL
 
 RULES_FILE = ALERTS / "exitguard.rules.yml"
 PROMTOOL_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
@@ -58,7 +59,7 @@ def test_rendering_is_deterministic_and_valid_yaml() -> None:
 
 def test_check_rules_reports_drift(tmp_path: Path) -> None:
     path = tmp_path / "rules.yml"
-    assert rules.check_rules(path) == [f"{path} is missing; run `exitguard alerts build`"]
+    assert rules.check_rules(path) == [f"{path}: missing"]
 
     rules.write_rules(path)
     assert rules.check_rules(path) == []
@@ -70,7 +71,11 @@ def test_check_rules_reports_drift(tmp_path: Path) -> None:
     rules.write_rules(path)
     path.write_text(path.read_text() + "# a hand edit\n")
     problems = rules.check_rules(path)
-    assert problems[0].endswith("text differs from the generated file (formatting or comments)")
+    assert problems == [problems[0]]  # one finding, the diff on its following lines
+    first, *diff = problems[0].splitlines()
+    assert first.endswith("text differs from the generated file (formatting or comments)")
+    assert "+# a hand edit" not in diff
+    assert "-# a hand edit" in diff
 
 
 def test_thresholds_keep_the_p99_warning_below_the_deadline() -> None:

@@ -42,8 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
 from exitguard.hooks import ExitInfo, NoopHooks
-
-from .rules import RUNBOOK_BASE_URL
+from exitguard.runbooks import runbook_url
 
 if TYPE_CHECKING:
     from exitguard.breaker import BreakerState
@@ -86,8 +85,8 @@ class PageResult(enum.StrEnum):
 
 
 _RUNBOOKS = {
-    PageKind.BREAKER_OPEN: f"{RUNBOOK_BASE_URL}#exitguardcircuitbreakertripped",
-    PageKind.HALTED: f"{RUNBOOK_BASE_URL}#exitguardtradinghalted",
+    PageKind.BREAKER_OPEN: runbook_url("ExitguardCircuitBreakerTripped"),
+    PageKind.HALTED: runbook_url("ExitguardTradingHalted"),
 }
 
 
