@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,50 @@ def test_promtool_tests_use_only_catalogue_metric_names() -> None:
         if base != name:
             assert catalogue.BY_NAME[base].kind == "histogram", name
     assert used - exitguard_names <= {"up"}, used - exitguard_names
+
+
+def test_target_down_watches_exactly_the_job_given(tmp_path: Path) -> None:
+    """`--job` (issue: TargetDown never fired for a bot scraped under another job name)."""
+    job = "my-bots.prod"  # '.' must match a dot only; '-' is literal
+    (tmp_path / "rules.yml").write_text(rules.render_rules(job=job))
+    check = run_tool(_promtool(), "check", "rules", str(tmp_path / "rules.yml"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    down = "'0x10'"
+    description = (f"Prometheus cannot scrape a:1 (job {job}, up = 0) for 2m: its exits are no"
+                   " longer observed.")
+    (tmp_path / "test.yml").write_text(textwrap.dedent(f"""\
+        rule_files: [rules.yml]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'up{{job="{job}", instance="a:1"}}'
+                values: {down}
+              - series: 'up{{job="my-botsXprod", instance="b:1"}}'
+                values: {down}
+              - series: 'up{{job="exitguard", instance="c:1"}}'
+                values: {down}
+            alert_rule_test:
+              - eval_time: 5m
+                alertname: ExitguardTargetDown
+                exp_alerts:
+                  - exp_labels: {{severity: critical, job: "{job}", instance: "a:1"}}
+                    exp_annotations:
+                      summary: Prometheus cannot scrape an exitguard target
+                      description: '{description}'
+                      runbook_url: {RUNBOOK_BASE_URL}#exitguardtargetdown
+        """))
+    result = run_tool(_promtool(), "test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without --job the default still watches every job named like exitguard.
+    assert 'up{job=~".*exitguard.*"} == 0' in rules.render_rules()
+
+
+def test_runbook_links_follow_the_base_url() -> None:
+    base = "https://wiki.example.org/runbooks"
+    for rule in rules.all_rules(runbook_base_url=base):
+        assert rule.runbook_url == f"{base}#{rule.alert.lower()}"
+    with pytest.raises(ValueError, match="must not contain '#'"):
+        rules.render_rules(runbook_base_url=f"{base}#top")
+    with pytest.raises(ValueError, match="http"):
+        rules.render_rules(runbook_base_url="docs/runbooks.md")
