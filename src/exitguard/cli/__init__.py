@@ -10,6 +10,6 @@ only by the command that runs, so one missing piece never breaks the others and
 
 from __future__ import annotations
 
-from .main import build_parser, main
+from .app import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -50,7 +50,7 @@ def add_parser(commands: Commands) -> None:
                              "'exitguard dashboards build'")
     alerts.add_argument("--runbook-base-url", metavar="URL", type=_runbook_base_url,
                         help="where your copy of docs/runbooks.md is published; each alert "
-                             f"links to a section of it (default {RUNBOOK_BASE_URL})")
+                             "links to a section of it (default: exitguard's, on GitHub)")
     alerts.set_defaults(handler=run)
 
 
