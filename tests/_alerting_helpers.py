@@ -36,7 +36,7 @@ from _servers import (
     wait_until,
     webhook_sink,
 )
-from exitguard.alerting.rules import (
+from exitguard.artefacts.alertmanager import (
     DISCORD_URL_FILE_MIN_VERSION,
     RouteTimings,
     write_alertmanager_config,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import yaml
 from _alerting_helpers import ALERTS, RUNBOOKS, github_anchors
 from _servers import require_binary, run_tool
 from exitguard import catalogue
-from exitguard.alerting import rules
-from exitguard.alerting.rules import RUNBOOK_BASE_URL, Thresholds
+from exitguard.artefacts import rules
+from exitguard.artefacts.rules import Thresholds
+from exitguard.runbooks import RUNBOOK_BASE_URL
 
 RULES_FILE = ALERTS / "exitguard.rules.yml"
 PROMTOOL_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
@@ -58,7 +60,7 @@ def test_rendering_is_deterministic_and_valid_yaml() -> None:
 
 def test_check_rules_reports_drift(tmp_path: Path) -> None:
     path = tmp_path / "rules.yml"
-    assert rules.check_rules(path) == [f"{path} is missing; run `exitguard alerts build`"]
+    assert rules.check_rules(path) == [f"{path}: missing"]
 
     rules.write_rules(path)
     assert rules.check_rules(path) == []
@@ -70,7 +72,11 @@ def test_check_rules_reports_drift(tmp_path: Path) -> None:
     rules.write_rules(path)
     path.write_text(path.read_text() + "# a hand edit\n")
     problems = rules.check_rules(path)
-    assert problems[0].endswith("text differs from the generated file (formatting or comments)")
+    assert problems == [problems[0]]  # one finding, the diff on its following lines
+    first, *diff = problems[0].splitlines()
+    assert first.endswith("text differs from the generated file (formatting or comments)")
+    assert "+# a hand edit" not in diff
+    assert "-# a hand edit" in diff
 
 
 def test_thresholds_keep_the_p99_warning_below_the_deadline() -> None:
@@ -275,3 +281,50 @@ def test_promtool_tests_use_only_catalogue_metric_names() -> None:
         if base != name:
             assert catalogue.BY_NAME[base].kind == "histogram", name
     assert used - exitguard_names <= {"up"}, used - exitguard_names
+
+
+def test_target_down_watches_exactly_the_job_given(tmp_path: Path) -> None:
+    """`--job` (issue: TargetDown never fired for a bot scraped under another job name)."""
+    job = "my-bots.prod"  # '.' must match a dot only; '-' is literal
+    (tmp_path / "rules.yml").write_text(rules.render_rules(job=job))
+    check = run_tool(_promtool(), "check", "rules", str(tmp_path / "rules.yml"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    down = "'0x10'"
+    description = (f"Prometheus cannot scrape a:1 (job {job}, up = 0) for 2m: its exits are no"
+                   " longer observed.")
+    (tmp_path / "test.yml").write_text(textwrap.dedent(f"""\
+        rule_files: [rules.yml]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'up{{job="{job}", instance="a:1"}}'
+                values: {down}
+              - series: 'up{{job="my-botsXprod", instance="b:1"}}'
+                values: {down}
+              - series: 'up{{job="exitguard", instance="c:1"}}'
+                values: {down}
+            alert_rule_test:
+              - eval_time: 5m
+                alertname: ExitguardTargetDown
+                exp_alerts:
+                  - exp_labels: {{severity: critical, job: "{job}", instance: "a:1"}}
+                    exp_annotations:
+                      summary: Prometheus cannot scrape an exitguard target
+                      description: '{description}'
+                      runbook_url: {RUNBOOK_BASE_URL}#exitguardtargetdown
+        """))
+    result = run_tool(_promtool(), "test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without --job the default still watches every job named like exitguard.
+    assert 'up{job=~".*exitguard.*"} == 0' in rules.render_rules()
+
+
+def test_runbook_links_follow_the_base_url() -> None:
+    base = "https://wiki.example.org/runbooks"
+    for rule in rules.all_rules(runbook_base_url=base):
+        assert rule.runbook_url == f"{base}#{rule.alert.lower()}"
+    with pytest.raises(ValueError, match="must not contain '#'"):
+        rules.render_rules(runbook_base_url=f"{base}#top")
+    with pytest.raises(ValueError, match="http"):
+        rules.render_rules(runbook_base_url="docs/runbooks.md")

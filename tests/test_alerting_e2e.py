@@ -24,7 +24,7 @@ from _alerting_helpers import (
     alerting_stack,
 )
 from _servers import Received
-from exitguard.alerting.rules import all_rules
+from exitguard.artefacts.rules import all_rules
 
 GUARD = "e2e-bot"
 ALERT = "ExitguardCircuitBreakerTripped"

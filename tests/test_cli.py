@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exitguard.cli import main
 from exitguard.halt import TradingHalt
@@ -56,7 +58,7 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
     (("halt", "resume"), ("--approver", "--reason", "--approvers", "--file")),
     (("halt", "status"), ("--file", "--json")),
     (("dashboards",), ("build|check", "--out", "--datasource-uid", "--job", "--title")),
-    (("alerts",), ("build|check", "--out", "alerts/exitguard.rules.yml")),
+    (("alerts",), ("build|check", "--out", "--job", "--runbook-base-url", "alertmanager.yml")),
 ])
 def test_each_command_has_useful_help(capsys: pytest.CaptureFixture[str],
                                       argv: tuple[str, ...], needles: tuple[str, ...]) -> None:
@@ -381,7 +383,7 @@ def test_dashboards_options_are_passed_on(capsys: pytest.CaptureFixture[str],
 def test_dashboards_module_failing_to_import(capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch,
                                              tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "exitguard.dashboards", None)
+    monkeypatch.setitem(sys.modules, "exitguard.artefacts.dashboards", None)
     code, _, err = run(capsys, "dashboards", "build", "--out", str(tmp_path))
     assert code == 2
     assert_one_line_error(err, "dashboards")
@@ -390,26 +392,111 @@ def test_dashboards_module_failing_to_import(capsys: pytest.CaptureFixture[str],
 
 
 def test_alerts_build_then_check(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    rules = tmp_path / "alerts" / "exitguard.rules.yml"
-    code, out, err = run(capsys, "alerts", "build", "--out", str(rules))
+    alerts_dir = tmp_path / "alerts"
+    rules = alerts_dir / "exitguard.rules.yml"
+    code, out, err = run(capsys, "alerts", "build", "--out", str(alerts_dir))
     assert code == 0, err
     assert rules.is_file()
     assert f"wrote {rules}" in out
-    code, out, _ = run(capsys, "alerts", "check", "--out", str(rules))
+    code, out, _ = run(capsys, "alerts", "check", "--out", str(alerts_dir))
     assert code == 0
     assert "up to date" in out
     rules.write_text(rules.read_text().replace("severity: critical", "severity: info", 1))
-    code, out, _ = run(capsys, "alerts", "check", "--out", str(rules))
+    code, out, _ = run(capsys, "alerts", "check", "--out", str(alerts_dir))
     assert code == 1
-    assert out.strip()
-    missing = tmp_path / "nope.yml"
-    code, _, _ = run(capsys, "alerts", "check", "--out", str(missing))
+    assert str(rules) in out
+    code, out, _ = run(capsys, "alerts", "check", "--out", str(tmp_path / "nope"))
     assert code == 1
+    assert "missing" in out
+
+
+def test_alerts_build_writes_and_check_checks_the_alertmanager_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """alerts/README.md and the file's header say `alerts build` writes alertmanager.yml."""
+    config = tmp_path / "alertmanager.yml"
+    code, out, err = run(capsys, "alerts", "build", "--out", str(tmp_path))
+    assert code == 0, err
+    assert f"wrote {config}" in out
+    assert config.read_text() == (ROOT / "alerts" / "alertmanager.yml").read_text()
+    assert "`exitguard alerts build`" in config.read_text().splitlines()[0]
+    config.write_text(config.read_text().replace("repeat_interval: 1h", "repeat_interval: 9h"))
+    code, out, _ = run(capsys, "alerts", "check", "--out", str(tmp_path))
+    assert code == 1
+    assert f"{config}: route differs from the code" in out
+
+
+def test_alerts_out_is_a_directory_not_the_old_rule_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "alerts", "build", "--out", str(tmp_path / "rules.yml"))
+    assert code == 2
+    assert_one_line_error(err, "--out is the alerts directory")
+    assert not (tmp_path / "rules.yml").exists()
+
+
+def test_one_job_knob_for_the_rules_and_the_dashboards(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """docs/stack.md: with another job name, rebuild with --job; TargetDown must follow it."""
+    job = "my-bots.prod"
+    code, _, err = run(capsys, "alerts", "build", "--out", str(tmp_path / "a"), "--job", job)
+    assert code == 0, err
+    code, _, err = run(capsys, "dashboards", "build", "--out", str(tmp_path / "d"), "--job", job)
+    assert code == 0, err
+    rules = yaml.safe_load((tmp_path / "a" / "exitguard.rules.yml").read_text())
+    target_down = next(r for g in rules["groups"] for r in g["rules"]
+                       if r["alert"] == "ExitguardTargetDown")
+    # PromQL string "my-bots\\.prod" is the regex my-bots\.prod: exactly that job.
+    assert target_down["expr"] == 'up{job=~"my-bots\\\\.prod"} == 0'
+    dashboard = json.loads((tmp_path / "d" / "exit-health.json").read_text())
+    job_variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "job")
+    assert job_variable["current"]["value"] == job
+    # check with the same knob is clean; without it, the job's rule differs.
+    assert run(capsys, "alerts", "check", "--out", str(tmp_path / "a"), "--job", job)[0] == 0
+    code, out, _ = run(capsys, "alerts", "check", "--out", str(tmp_path / "a"))
+    assert code == 1
+    assert "ExitguardTargetDown" in out
+
+
+def test_runbook_base_url_is_configurable(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    base = "https://wiki.example.org/ops/exitguard-runbooks"
+    code, _, err = run(capsys, "alerts", "build", "--out", str(tmp_path),
+                       "--runbook-base-url", base)
+    assert code == 0, err
+    rules = yaml.safe_load((tmp_path / "exitguard.rules.yml").read_text())
+    urls = [r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"]]
+    assert urls
+    assert all(url == f"{base}#{r['alert'].lower()}"
+               for url, r in zip(urls, (r for g in rules["groups"] for r in g["rules"]),
+                                 strict=True))
+    code, _, err = run(capsys, "alerts", "build", "--out", str(tmp_path),
+                       "--runbook-base-url", "docs/runbooks.md#top")
+    assert code == 2
+    assert_one_line_error(err, "--runbook-base-url")
+
+
+@pytest.mark.parametrize(("command", "options"), [
+    ("dashboards", ["--datasource-uid", "prom-x", "--job", "my bots", "--title", "My exits"]),
+    ("alerts", ["--job", "my bots", "--runbook-base-url", "https://wiki.example.org/rb"]),
+])
+def test_check_prints_the_exact_build_command_with_the_flags_used(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str, options: list[str]
+) -> None:
+    out_dir = tmp_path / "generated files"
+    code, _, err = run(capsys, command, "check", "--out", str(out_dir), *options)
+    assert code == 1
+    fix = err.strip().splitlines()[-1].partition("regenerate with: ")[2]
+    assert fix == shlex.join(["exitguard", command, "build", "--out", str(out_dir), *options])
+    # Pasted, it fixes the drift.
+    assert run(capsys, *shlex.split(fix)[1:])[0] == 0
+    assert run(capsys, command, "check", "--out", str(out_dir), *options)[0] == 0
 
 
 def test_alerts_module_failing_to_import(capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "exitguard.alerting.rules", None)
+    monkeypatch.setitem(sys.modules, "exitguard.artefacts.alerts", None)
     code, _, err = run(capsys, "alerts", "check")
     assert code == 2
     assert_one_line_error(err, "alert rules")
@@ -537,6 +624,7 @@ def test_serve_exports_traces_to_the_otlp_endpoint(serving: list[subprocess.Pope
 def test_serve_without_telemetry_exits_2(capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "exitguard.telemetry", None)
+    monkeypatch.delitem(sys.modules, "exitguard.sim.serve", raising=False)  # import it afresh
     code, _, err = run(capsys, "demo", "--serve", "--port", "0", "--duration", "1")
     assert code == 2
     assert_one_line_error(err, "--serve needs exitguard.telemetry")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from exitguard import catalogue as cat
-from exitguard import dashboards as dash
+from exitguard.artefacts import dashboards as dash
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "dashboards"
@@ -117,7 +117,7 @@ def test_check_reports_drift_missing_and_stale_files(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('"Exit health"', '"Edited by hand"'))
     problems = dash.check_dashboards(tmp_path)
     assert len(problems) == 1
-    assert "differs" in problems[0]
+    assert problems[0].splitlines()[0] == f"{path}: field 'title' differs from the code"
     assert "Edited by hand" in problems[0]
 
     (tmp_path / "old-dashboard.json").write_text("{}\n")

@@ -24,7 +24,7 @@ import yaml
 from _otlp_receiver import OtlpReceiver
 from _servers import Prometheus, free_port, http_get, prometheus, running, wait_until, webhook_sink
 from exitguard import catalogue
-from exitguard.dashboards import build_dashboards, dashboard_queries, substitute_variables
+from exitguard.artefacts.dashboards import build_dashboards, dashboard_queries, substitute_variables
 
 REPO = Path(__file__).resolve().parent.parent
 #: With a 1 s scrape interval, a 30 s window holds enough samples for rate().

@@ -62,8 +62,13 @@ def make_pager(registry: CollectorRegistry) -> Iterator[Callable[..., Pager]]:
     """Pagers closed at teardown, even when the test fails."""
     made: list[Pager] = []
 
-    def make(urls: tuple[str, ...] = (SLACK_URL, DISCORD_URL), **kwargs: float) -> Pager:
-        pager = Pager(urls, registry=registry, **kwargs)
+    def make(
+        urls: tuple[str, ...] = (SLACK_URL, DISCORD_URL),
+        *,
+        min_interval: float = pager_module.DEFAULT_MIN_INTERVAL,
+        timeout: float = pager_module.DEFAULT_TIMEOUT,
+    ) -> Pager:
+        pager = Pager(urls, registry=registry, min_interval=min_interval, timeout=timeout)
         made.append(pager)
         return pager
 
@@ -157,6 +162,28 @@ def test_the_pager_works_behind_safe_hooks_and_without_an_event_loop(
     services.wait_for_requests("/slack")
     services.wait_for_requests("/discord")
     assert hooks.failure_counts == {}
+
+
+def test_pages_link_to_the_configured_runbooks(
+    services: WebhookSink, registry: CollectorRegistry
+) -> None:
+    """The base is configurable, like the alert rules' (--runbook-base-url)."""
+    base = "https://wiki.example.org/ops/runbooks"
+    pager = Pager((SLACK_URL,), registry=registry, runbook_base_url=base)
+    try:
+        trip(pager)
+        asyncio.run(pager.drain())
+        body = services.wait_for_requests("/slack")[0].text
+        assert f"{base}#exitguardcircuitbreakertripped" in body
+        assert "github.com/exitguard" not in body
+    finally:
+        pager.close(timeout=2)
+    from_env = Pager.from_env({"EXITGUARD_RUNBOOK_BASE_URL": base}, registry=registry)
+    assert from_env.runbook_base_url == base
+    with pytest.raises(ValueError, match="EXITGUARD_RUNBOOK_BASE_URL must not contain '#'"):
+        Pager.from_env({"EXITGUARD_RUNBOOK_BASE_URL": f"{base}#x"}, registry=registry)
+    with pytest.raises(ValueError, match="runbook_base_url must be an http"):
+        Pager(runbook_base_url="runbooks.md", registry=registry)
 
 
 def test_the_runbook_links_of_pages_exist() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exitguard import dashboards as dash
+from exitguard.artefacts import dashboards as dash
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "stack"

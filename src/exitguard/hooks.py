@@ -21,8 +21,8 @@ from .venue import ExitOrder, Fill, Position, TxStatus
 
 if TYPE_CHECKING:
     from .breaker import BreakerState
-    from .guard import ExitOutcome
     from .halt import HaltRecord
+    from .outcome import ExitOutcome
     from .state_machine import TransitionRecord
 
 _log = logging.getLogger("exitguard.hooks")

@@ -42,8 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
 from exitguard.hooks import ExitInfo, NoopHooks
-
-from .rules import RUNBOOK_BASE_URL
+from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
 if TYPE_CHECKING:
     from exitguard.breaker import BreakerState
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_MIN_INTERVAL",
+    "ENV_RUNBOOK_BASE_URL",
     "ENV_TIMEOUT",
     "ENV_URLS",
     "ENV_URLS_FILE",
@@ -66,6 +66,7 @@ ENV_URLS = "EXITGUARD_PAGER_URLS"
 ENV_URLS_FILE = "EXITGUARD_PAGER_URLS_FILE"
 ENV_MIN_INTERVAL = "EXITGUARD_PAGER_MIN_INTERVAL"
 ENV_TIMEOUT = "EXITGUARD_PAGER_TIMEOUT"
+ENV_RUNBOOK_BASE_URL = "EXITGUARD_RUNBOOK_BASE_URL"
 
 DEFAULT_MIN_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
@@ -85,10 +86,13 @@ class PageResult(enum.StrEnum):
     SUPPRESSED = "suppressed"
 
 
-_RUNBOOKS = {
-    PageKind.BREAKER_OPEN: f"{RUNBOOK_BASE_URL}#exitguardcircuitbreakertripped",
-    PageKind.HALTED: f"{RUNBOOK_BASE_URL}#exitguardtradinghalted",
+#: The alert whose runbook section each page links to (the same section as the alert rule's).
+_RUNBOOK_ALERTS = {
+    PageKind.BREAKER_OPEN: "ExitguardCircuitBreakerTripped",
+    PageKind.HALTED: "ExitguardTradingHalted",
 }
+#: The links with the default runbooks page.
+_RUNBOOKS = {kind: runbook_url(alert) for kind, alert in _RUNBOOK_ALERTS.items()}
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -225,6 +229,11 @@ def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _env_runbook_base_url(environ: Mapping[str, str]) -> str:
+    raw = environ.get(ENV_RUNBOOK_BASE_URL, "").strip()
+    return check_base_url(raw, field=ENV_RUNBOOK_BASE_URL) if raw else RUNBOOK_BASE_URL
+
+
 # --- metrics ----------------------------------------------------------------------------------
 
 _COUNTER_LOCK = threading.Lock()
@@ -257,7 +266,9 @@ class _Event:
     headline: str
     details: tuple[tuple[str, str], ...]
 
-    def page(self, suppressed: int, *, digest: bool = False) -> tuple[str, str]:
+    def page(
+        self, suppressed: int, *, digest: bool = False, runbook_base_url: str = RUNBOOK_BASE_URL
+    ) -> tuple[str, str]:
         """(title, body) of the page for this event plus ``suppressed`` similar ones."""
         lines = [f"Still happening: {self.headline}" if digest else self.headline, ""]
         lines += [f"{key}: {value}" for key, value in self.details]
@@ -266,7 +277,7 @@ class _Event:
                 f"suppressed: {suppressed} more {self.kind} event(s) for guard {self.guard}"
                 " since the last page (rate limit)"
             )
-        lines.append(f"runbook: {_RUNBOOKS[self.kind]}")
+        lines.append(f"runbook: {runbook_url(_RUNBOOK_ALERTS[self.kind], runbook_base_url)}")
         return self.title, "\n".join(lines)
 
 
@@ -341,7 +352,8 @@ class Pager(NoopHooks):
     ``urls`` are apprise URLs (``slack://...``, ``discord://...``, ``json://...``); with none,
     the pager does nothing. ``min_interval`` is the rate limit per (guard, kind) in seconds;
     ``timeout`` bounds each delivery to each channel. ``registry`` receives
-    ``exitguard_alerts_sent_total`` (``None``: no metric).
+    ``exitguard_alerts_sent_total`` (``None``: no metric). Each page links to its section of
+    the runbooks page at ``runbook_base_url`` (the same base as the alert rules').
     """
 
     def __init__(
@@ -351,6 +363,7 @@ class Pager(NoopHooks):
         min_interval: float = DEFAULT_MIN_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
         registry: CollectorRegistry | None = REGISTRY,
+        runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
         if isinstance(urls, str):
             raise TypeError("urls must be a sequence of URLs, not one string (see parse_urls)")
@@ -360,6 +373,7 @@ class Pager(NoopHooks):
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         self.min_interval = float(min_interval)
         self.timeout = float(timeout)
+        self.runbook_base_url = check_base_url(runbook_base_url)
         _protect(urls)
         self._channels = tuple(self._channel(n, url) for n, url in enumerate(urls, 1))
         self._counter = _alerts_counter(registry) if registry is not None else None
@@ -409,7 +423,9 @@ class Pager(NoopHooks):
         """A pager configured by ``EXITGUARD_PAGER_URLS`` and/or ``EXITGUARD_PAGER_URLS_FILE``.
 
         ``EXITGUARD_PAGER_MIN_INTERVAL`` and ``EXITGUARD_PAGER_TIMEOUT`` (seconds) override the
-        defaults. With no URL at all the pager is disabled (and says so once, in the log).
+        defaults; ``EXITGUARD_RUNBOOK_BASE_URL`` is where the runbooks are published (the
+        ``--runbook-base-url`` the alert rules were built with). With no URL at all the pager
+        is disabled (and says so once, in the log).
         """
         env = os.environ if environ is None else environ
         urls = parse_urls(env.get(ENV_URLS, ""))
@@ -427,6 +443,7 @@ class Pager(NoopHooks):
             min_interval=_env_float(env, ENV_MIN_INTERVAL, DEFAULT_MIN_INTERVAL),
             timeout=_env_float(env, ENV_TIMEOUT, DEFAULT_TIMEOUT),
             registry=registry,
+            runbook_base_url=_env_runbook_base_url(env),
         )
         if not urls:
             _log.info("exitguard pager disabled: neither %s nor %s is set", ENV_URLS, ENV_URLS_FILE)
@@ -582,7 +599,8 @@ class Pager(NoopHooks):
             self._inflight.discard(future)
 
     async def _deliver(self, event: _Event, suppressed: int, digest: bool) -> None:
-        title, body = event.page(suppressed, digest=digest)
+        title, body = event.page(suppressed, digest=digest,
+                                 runbook_base_url=self.runbook_base_url)
         results = await asyncio.gather(
             *(self._send(channel, event, title, body) for channel in self._channels)
         )

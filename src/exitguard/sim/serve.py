@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import random
@@ -43,6 +42,13 @@ from ..errors import HaltResumeError, TradingHalted
 from ..guard import ExitGuard
 from ..halt import FileHaltStore, TradingHalt
 from ..hooks import Hooks
+from ..telemetry import (
+    configure_logging,
+    configure_tracing,
+    instrument,
+    serve_metrics,
+    shutdown_tracing,
+)
 from ..venue import Position
 from .market import MarketSpec, Regime
 from .run import build_guard
@@ -68,7 +74,7 @@ OPERATOR = "demo-operator"
 
 
 class ServeError(Exception):
-    """``--serve`` cannot start (telemetry missing, port in use, bad endpoint)."""
+    """``--serve`` cannot start (port in use, bad endpoint, a pager that cannot load)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,17 +290,6 @@ def _repeat(phases: list[Phase]) -> Iterator[Phase]:
         yield from phases
 
 
-def _telemetry() -> Any:
-    try:
-        telemetry = importlib.import_module("exitguard.telemetry")
-    except ImportError as exc:
-        raise ServeError(
-            f"--serve needs exitguard.telemetry and its dependencies ({exc}); "
-            "install exitguard with its default dependencies"
-        ) from None
-    return telemetry
-
-
 def _pager(guard: ExitGuard) -> Any:
     if not (os.environ.get("EXITGUARD_PAGER_URLS") or os.environ.get("EXITGUARD_PAGER_URLS_FILE")):
         return None
@@ -314,10 +309,9 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
                 ready: Callable[[str], None] | None = None) -> int:
     """Run the demo bot until SIGINT/SIGTERM (or ``options.duration``); 0 when it stopped."""
     out = out or sys.stderr
-    telemetry = _telemetry()
-    telemetry.configure_logging(json=True, level="INFO")
+    configure_logging(json=True, level="INFO")
     try:
-        server = telemetry.serve_metrics(port=options.port, addr=options.bind)
+        server = serve_metrics(port=options.port, addr=options.bind)
     except OSError as exc:
         reason = str(exc.strerror or exc)
         if not reason.startswith("cannot serve"):
@@ -332,11 +326,11 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
     with tempfile.TemporaryDirectory(prefix="exitguard-demo-") as tmp:
         try:
             if options.otlp_endpoint:
-                provider = telemetry.configure_tracing(options.otlp_endpoint,
-                                                       service_name="exitguard-demo")
+                provider = configure_tracing(options.otlp_endpoint,
+                                             service_name="exitguard-demo")
             demo = build_demo(options, halt_dir=Path(tmp))
-            telemetry.instrument(demo.guard, metrics=True, traces=provider is not None,
-                                 logs=True, tracer_provider=provider)
+            instrument(demo.guard, metrics=True, traces=provider is not None,
+                       logs=True, tracer_provider=provider)
             pager = _pager(demo.guard)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
@@ -361,5 +355,5 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
                 await pager.aclose()
             server.close()
             if provider is not None:
-                await asyncio.to_thread(telemetry.shutdown_tracing, provider, 5.0)
+                await asyncio.to_thread(shutdown_tracing, provider, 5.0)
     return 0
