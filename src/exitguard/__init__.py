@@ -59,12 +59,16 @@ from .policy import (
     EscalationStep,
     RetryPolicy,
 )
+from .redaction import protect_loggers
 from .retry import BoundedRetryExecutor
 from .state_machine import ExitState, ExitStateMachine, TransitionRecord
 from .tracker import ExitAttemptTracker
 from .venue import ExitOrder, Fill, Lookup, OrderMode, Position, Submission, TxStatus, Venue
 
 __version__ = "0.1.0"
+
+# Every logger of the core exists now (each module makes its own at import): redact them all.
+protect_loggers()
 
 __all__ = [
     "AdaptiveExitExecutor",

@@ -9,7 +9,6 @@ is recorded (who, when, why) in the audit history.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -20,8 +19,9 @@ from typing import Any, Protocol
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, TradingHalted
 from .filestore import atomic_write_json
+from .redaction import get_logger
 
-_log = logging.getLogger("exitguard.halt")
+_log = get_logger("exitguard.halt")
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
 from exitguard.hooks import ExitInfo, NoopHooks
+from exitguard.redaction import RedactingFilter, get_logger, redact
 
 from .rules import RUNBOOK_BASE_URL
 
@@ -60,7 +61,7 @@ __all__ = [
     "parse_urls",
 ]
 
-_log = logging.getLogger("exitguard.alerting")
+_log = get_logger("exitguard.alerting")
 
 ENV_URLS = "EXITGUARD_PAGER_URLS"
 ENV_URLS_FILE = "EXITGUARD_PAGER_URLS_FILE"
@@ -126,8 +127,9 @@ def _secret_fragments(url: str) -> set[str]:
     return found
 
 
-class _Redactor(logging.Filter):
-    """Replaces known secrets in log records (message, arguments and traceback) with ``***``."""
+class _Redactor(RedactingFilter):
+    """The core's redacting filter, plus the pager's known secrets (every fragment of each
+    webhook URL, which has no recognisable shape: ``discord://<id>/<token>``) replaced first."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,32 +142,11 @@ class _Redactor(logging.Filter):
             # Longest first, so a URL is replaced whole before its pieces.
             self._secrets = tuple(sorted(merged, key=len, reverse=True))
 
-    def redact(self, text: str) -> str:
+    def clean(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is not ours to fix
-            return True
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-            clean = self.redact(text)
-            if clean != text:
-                record.exc_info, record.exc_text = None, clean
-        elif record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
+        return super().clean(text)
 
 
 _REDACTOR = _Redactor()
@@ -491,20 +472,21 @@ class Pager(NoopHooks):
     def halted(self, guard: str, record: HaltRecord) -> None:
         if not self.enabled:
             return
+        reason = redact(record.reason)  # may quote a venue's error text
         self._event(
             _Event(
                 guard=guard,
                 kind=PageKind.HALTED,
                 title=f"exitguard CRITICAL: trading halted (guard {guard})",
                 headline=(
-                    f"Guard {guard!r} halted new entries: {record.reason}. Exits still run;"
+                    f"Guard {guard!r} halted new entries: {reason}. Exits still run;"
                     " resume with `exitguard halt resume --approver NAME --reason ...`."
                 ),
                 details=(
                     ("guard", guard),
                     ("event", PageKind.HALTED.value),
-                    ("reason", record.reason),
-                    ("actor", record.actor),
+                    ("reason", reason),
+                    ("actor", redact(record.actor)),
                     ("at", _iso(record.at)),
                 ),
             )

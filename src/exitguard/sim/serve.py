@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import logging
 import os
 import random
 import signal
@@ -43,6 +42,7 @@ from ..errors import HaltResumeError, TradingHalted
 from ..guard import ExitGuard
 from ..halt import FileHaltStore, TradingHalt
 from ..hooks import Hooks
+from ..redaction import get_logger
 from ..venue import Position
 from .market import MarketSpec, Regime
 from .run import build_guard
@@ -59,7 +59,7 @@ __all__ = [
     "serve",
 ]
 
-_log = logging.getLogger("exitguard.sim.serve")
+_log = get_logger("exitguard.sim.serve")
 
 #: Open positions the demo bot keeps (entries stop while halted; exits go on).
 _INVENTORY = 40

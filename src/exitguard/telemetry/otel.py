@@ -40,8 +40,8 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from .. import catalogue
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, NoopExitObserver
 from ..outcome import ExitOutcome, ExitStatus
+from ..redaction import get_logger, redact
 from ..venue import Fill, TxStatus
-from ._context import redact
 from ._export_failures import TRACE_EXPORT_FAILURES
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def _exit_attributes(info: ExitInfo) -> dict[str, Any]:
         A_SYMBOL: position.symbol,
         A_SIZE: position.size,
         A_SIGNAL_PRICE: info.signal_price,
-        A_REASON: info.reason,
+        A_REASON: redact(info.reason),
         A_DEADLINE: info.deadline_s,
     }
 
@@ -232,7 +232,7 @@ class _TraceObserver:
 
     def exit_finished(self, outcome: ExitOutcome) -> None:
         if self._attempt is not None:
-            self._end_attempt(f"exit ended during the attempt ({outcome.reason})")
+            self._end_attempt(f"exit ended during the attempt ({redact(outcome.reason)})")
         span = self._span
         attributes = self._attributes
         attributes[A_OUTCOME] = outcome.status.value
@@ -314,15 +314,15 @@ class TracingHooks:
                                 A_TO: new.value})
 
     def halted(self, guard: str, record: HaltRecord) -> None:
-        self._event(E_HALTED, {A_GUARD: guard, A_DETAIL: record.reason})
+        self._event(E_HALTED, {A_GUARD: guard, A_DETAIL: redact(record.reason)})
 
     def resumed(self, guard: str, record: HaltRecord) -> None:
-        self._event(E_RESUMED, {A_GUARD: guard, A_DETAIL: record.reason})
+        self._event(E_RESUMED, {A_GUARD: guard, A_DETAIL: redact(record.reason)})
 
 
 # -- set-up ------------------------------------------------------------------------------
 
-_log = logging.getLogger("exitguard.telemetry")
+_log = get_logger("exitguard.telemetry")
 #: The OTLP/HTTP exporter logs every failed batch (and every retry) under this name.
 _OTLP_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 _in_outage: set[int] = set()  # ids of CountingSpanExporters whose export is failing
