@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._validate import fraction, positive, whole
 from .clock import Clock, loop_time
-from .errors import ConfigError
 
 _log = logging.getLogger("exitguard.breaker")
 
@@ -69,35 +68,16 @@ class CircuitBreaker:
         min_calls: int = 10,
         clock: Clock = loop_time,
     ) -> None:
-        def bad(field: str, problem: str, value: object) -> ConfigError:
-            return ConfigError("CircuitBreaker", field, problem, value)
-
-        def is_number(value: object) -> bool:
-            return isinstance(value, int | float) and not isinstance(value, bool)
-
-        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or (
-            failure_threshold < 1
-        ):
-            raise bad("failure_threshold", "must be an integer >= 1", failure_threshold)
-        if not (is_number(cooldown) and math.isfinite(cooldown) and cooldown > 0):
-            raise bad("cooldown", "must be a finite number > 0", cooldown)
-        if isinstance(half_open_probes, bool) or not isinstance(half_open_probes, int) or (
-            half_open_probes < 1
-        ):
-            raise bad("half_open_probes", "must be an integer >= 1", half_open_probes)
-        if failure_rate is not None and not (is_number(failure_rate) and 0 < failure_rate <= 1):
-            raise bad("failure_rate", "must be a number in (0, 1]", failure_rate)
-        if not (is_number(window) and math.isfinite(window) and window > 0):
-            raise bad("window", "must be a finite number > 0", window)
-        if isinstance(min_calls, bool) or not isinstance(min_calls, int) or min_calls < 1:
-            raise bad("min_calls", "must be an integer >= 1", min_calls)
+        owner = "CircuitBreaker"
         self.name = name
-        self.failure_threshold = failure_threshold
-        self.cooldown = float(cooldown)
-        self.half_open_probes = half_open_probes
+        self.failure_threshold = whole(owner, "failure_threshold", failure_threshold, 1)
+        self.cooldown = positive(owner, "cooldown", cooldown)
+        self.half_open_probes = whole(owner, "half_open_probes", half_open_probes, 1)
+        if failure_rate is not None:
+            fraction(owner, "failure_rate", failure_rate, zero=False)
         self.failure_rate = failure_rate
-        self.window = float(window)
-        self.min_calls = min_calls
+        self.window = positive(owner, "window", window)
+        self.min_calls = whole(owner, "min_calls", min_calls, 1)
         self._clock = clock
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from ._validate import is_real, number, positive
 from .clock import Clock, loop_time
 from .errors import ConfigError, ExitDeadlineExceeded, ExitTimeoutError
 
@@ -25,18 +25,10 @@ class ExitDeadline:
     def __init__(
         self, window: float = 30.0, *, started_at: float | None = None, clock: Clock = loop_time
     ) -> None:
-        if isinstance(window, bool) or not isinstance(window, int | float) or not (
-            window > 0 and math.isfinite(window)
-        ):
-            raise ConfigError("ExitDeadline", "window", "must be a finite number > 0", window)
-        if started_at is not None and (
-            isinstance(started_at, bool)
-            or not isinstance(started_at, int | float)
-            or not math.isfinite(started_at)
-        ):
-            raise ConfigError("ExitDeadline", "started_at", "must be a finite number", started_at)
+        self.window = positive("ExitDeadline", "window", window)
+        if started_at is not None:
+            number("ExitDeadline", "started_at", started_at)
         self._clock = clock
-        self.window = float(window)
         self.started_at = clock() if started_at is None else started_at
 
     @property
@@ -84,9 +76,7 @@ class TimeoutDetector:
         deadline: ExitDeadline | None = None,
         clock: Clock = loop_time,
     ) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(
-            timeout
-        ) or timeout < 0:
+        if not (is_real(timeout) and timeout >= 0):  # infinity: no own limit, the deadline's
             raise ConfigError("TimeoutDetector", "timeout", "must be a number >= 0", timeout)
         self.name = name
         self.timeout = float(timeout)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ._validate import at_least, fraction, number, positive, whole
 from .errors import EXIT_RETRYABLE, TRANSIENT, ConfigError, ErrorClass
 from .venue import ExitOrder, OrderMode, Position
 
@@ -18,31 +19,6 @@ __all__ = [
     "EscalationStep",
     "RetryPolicy",
 ]
-
-
-def _number(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(owner, name, "must be a number", value)
-    if math.isnan(value):
-        raise ConfigError(owner, name, "must not be NaN", value)
-    return float(value)
-
-
-def _positive(owner: str, name: str, value: object, *, allow_inf: bool = False) -> float:
-    number = _number(owner, name, value)
-    if number <= 0:
-        raise ConfigError(owner, name, "must be > 0", value)
-    if math.isinf(number) and not allow_inf:
-        raise ConfigError(owner, name, "must be finite", value)
-    return number
-
-
-def _whole(owner: str, name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(owner, name, "must be an integer", value)
-    if value < minimum:
-        raise ConfigError(owner, name, f"must be >= {minimum}", value)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,27 +45,23 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         owner = "RetryPolicy"
-        _whole(owner, "max_attempts", self.max_attempts, 1)
-        _positive(owner, "initial_backoff", self.initial_backoff)
-        _positive(owner, "max_backoff", self.max_backoff)
+        whole(owner, "max_attempts", self.max_attempts, 1)
+        positive(owner, "initial_backoff", self.initial_backoff)
+        positive(owner, "max_backoff", self.max_backoff)
         if self.max_backoff < self.initial_backoff:
             raise ConfigError(
                 owner, "max_backoff", f"must be >= initial_backoff ({self.initial_backoff})",
                 self.max_backoff,
             )
-        multiplier = _number(owner, "backoff_multiplier", self.backoff_multiplier)
-        if multiplier < 1 or math.isinf(multiplier):
-            raise ConfigError(owner, "backoff_multiplier", "must be finite and >= 1", multiplier)
-        _positive(owner, "total_timeout", self.total_timeout)
-        _positive(owner, "attempt_timeout", self.attempt_timeout)
-        minimum = _number(owner, "min_attempt_time", self.min_attempt_time)
+        at_least(owner, "backoff_multiplier", self.backoff_multiplier, 1)
+        positive(owner, "total_timeout", self.total_timeout)
+        positive(owner, "attempt_timeout", self.attempt_timeout)
+        minimum = number(owner, "min_attempt_time", self.min_attempt_time, finite=False)
         if minimum < 0 or minimum >= self.total_timeout:
             raise ConfigError(
                 owner, "min_attempt_time", "must be >= 0 and below total_timeout", minimum
             )
-        jitter = _number(owner, "jitter", self.jitter)
-        if not 0 <= jitter <= 1:
-            raise ConfigError(owner, "jitter", "must be between 0 and 1", jitter)
+        fraction(owner, "jitter", self.jitter)
         try:
             retryable = frozenset(self.retryable)
         except TypeError:
@@ -142,14 +114,14 @@ class EscalationStep:
         owner = "EscalationStep"
         if not isinstance(self.mode, OrderMode):
             raise ConfigError(owner, "mode", "must be an OrderMode", self.mode)
-        _whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
+        whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
         if self.max_slippage_bps >= 10_000:
             raise ConfigError(
                 owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps
             )
         if self.priority_fee is not None:
-            _whole(owner, "priority_fee", self.priority_fee, 0)
-        _whole(owner, "attempts", self.attempts, 1)
+            whole(owner, "priority_fee", self.priority_fee, 0)
+        whole(owner, "attempts", self.attempts, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +151,10 @@ class EscalationLadder:
         if not all(isinstance(s, EscalationStep) for s in steps):
             raise ConfigError(owner, "steps", "must hold EscalationStep values", self.steps)
         object.__setattr__(self, "steps", steps)
-        multiplier = _number(owner, "fee_multiplier", self.fee_multiplier)
-        if multiplier < 1 or math.isinf(multiplier):
-            raise ConfigError(owner, "fee_multiplier", "must be finite and >= 1", multiplier)
+        at_least(owner, "fee_multiplier", self.fee_multiplier, 1)
         if self.max_priority_fee is not None:
-            _whole(owner, "max_priority_fee", self.max_priority_fee, 0)
-        _whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
+            whole(owner, "max_priority_fee", self.max_priority_fee, 0)
+        whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
         if self.max_slippage_bps >= 10_000:
             raise ConfigError(
                 owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps

@@ -41,6 +41,7 @@ import apprise
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
+from exitguard._validate import non_negative, positive
 from exitguard.hooks import ExitInfo, NoopHooks
 from exitguard.redaction import RedactingFilter, get_logger, redact
 
@@ -201,9 +202,7 @@ def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {raw!r}")
-    return value
+    return positive("environment", name, value)
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -335,12 +334,8 @@ class Pager(NoopHooks):
     ) -> None:
         if isinstance(urls, str):
             raise TypeError("urls must be a sequence of URLs, not one string (see parse_urls)")
-        if not min_interval >= 0:
-            raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        self.min_interval = float(min_interval)
-        self.timeout = float(timeout)
+        self.min_interval = non_negative("Pager", "min_interval", min_interval)
+        self.timeout = positive("Pager", "timeout", timeout)
         _protect(urls)
         self._channels = tuple(self._channel(n, url) for n, url in enumerate(urls, 1))
         self._counter = _alerts_counter(registry) if registry is not None else None

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from .._validate import positive
 from ..clock import wall_time
 from ..errors import Classifier, ErrorClass, default_classifier
 from ..hooks import (
@@ -234,12 +235,9 @@ def _path(current: ExitState, target: ExitState) -> list[ExitState]:
     return []
 
 
-def _number(name: str, value: object, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return float(value)
+def _number(name: str, value: object) -> float:
+    """A size or price given to the tracker: a finite number > 0 (ConfigError otherwise)."""
+    return positive("track_exit", name, value)
 
 
 def _describe(error: BaseException | str) -> str:

@@ -22,7 +22,6 @@ unreachable or slow collector never slows an exit::
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioB
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from .. import catalogue
+from .._validate import fraction, positive
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, NoopExitObserver
 from ..outcome import ExitOutcome, ExitStatus
 from ..redaction import get_logger, redact
@@ -435,8 +435,7 @@ def configure_tracing(
     no exemplar; it is dropped whatever its outcome, so keep 1.0 (and sample in the
     collector) when every failed exit's trace matters.
     """
-    if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0):
-        raise ValueError(f"timeout must be a number > 0, got {timeout!r}")
+    positive("configure_tracing", "timeout", timeout)
     attributes: dict[str, str] = {"service.name": service_name}
     attributes.update(resource_attributes or {})
     provider = TracerProvider(resource=Resource.create(attributes),
@@ -473,10 +472,8 @@ def _sampler(sample_ratio: float | None) -> Sampler | None:
     """None: the SDK's default (which reads the OTEL_TRACES_SAMPLER environment variables)."""
     if sample_ratio is None:
         return None
-    if not (isinstance(sample_ratio, int | float) and not isinstance(sample_ratio, bool)
-            and math.isfinite(sample_ratio) and 0.0 <= sample_ratio <= 1.0):
-        raise ValueError(f"sample_ratio must be a number from 0 to 1, got {sample_ratio!r}")
-    return ParentBased(TraceIdRatioBased(float(sample_ratio)))
+    ratio = fraction("configure_tracing", "sample_ratio", sample_ratio)
+    return ParentBased(TraceIdRatioBased(ratio))
 
 
 def shutdown_tracing(provider: trace.TracerProvider | None = None, timeout: float = 5.0) -> bool:
