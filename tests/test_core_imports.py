@@ -15,7 +15,7 @@ BLOCKED = ("prometheus_client", "opentelemetry", "structlog", "apprise")
 CORE_MODULES = (
     "policy", "errors", "venue", "retry", "deadline", "tracker", "state_machine", "breaker",
     "halt", "guard", "hooks", "outcome", "catalogue", "clock", "vtime", "testing", "redaction",
-    "_validate",
+    "_validate", "compat",
 )
 #: Modules directly under src/exitguard/ that are not core (they serve the CLI and stack).
 NOT_CORE = {"dashboards.py", "cli.py"}

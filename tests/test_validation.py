@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from exitguard import CircuitBreaker, ConfigError, ExitDeadline, RetryPolicy
+from exitguard import CircuitBreaker, ConfigError, RetryPolicy
 from exitguard._validate import at_least, fraction, non_negative, number, positive, whole
 from exitguard.alerting.rules import Thresholds
+from exitguard.deadline import ExitDeadline
 from exitguard.sim import Conditions, MarketSpec, VenueSpec
 from exitguard.tracker import ExitAttemptTracker
 
@@ -59,7 +60,7 @@ def test_each_check_refuses_what_it_should(
 
 
 @pytest.mark.parametrize(("build", "field"), [
-    (lambda v: ExitDeadline(v), "window"),
+    (lambda v: ExitDeadline(v), "seconds"),
     (lambda v: CircuitBreaker(cooldown=v), "cooldown"),
     (lambda v: CircuitBreaker(window=v), "window"),
     (lambda v: RetryPolicy(total_timeout=v), "total_timeout"),

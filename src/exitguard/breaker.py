@@ -1,7 +1,7 @@
 """A circuit breaker for exits: closed, open, and a half-open that really probes.
 
 Opens on the Nth consecutive failed exit (the threshold means "opens on the Nth", which
-is what the seed's contradictory test wanted) or when the failure rate over a sliding
+is what the original design's contradictory test wanted) or when the failure rate over a sliding
 window passes a limit. While open it refuses exits fast so the bot can route elsewhere.
 After ``cooldown`` it lets ``half_open_probes`` exits through; a success closes it, a failure
 re-opens it. Every transition is reported to listeners, so even an open that lasts less than
@@ -37,13 +37,11 @@ _GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 
 
 
 class BreakerAction(enum.Enum):
-    """What a recorded failure means for the caller (the seed's CircuitBreakerAction)."""
+    """What a recorded failure means for the caller: go on, or halt new entries."""
 
     CONTINUE = "continue"
     HALT_TRADING = "halt_trading"
 
-
-CircuitBreakerAction = BreakerAction
 
 TransitionListener = Callable[[str, BreakerState, BreakerState, str], None]
 
@@ -56,6 +54,15 @@ class Permit:
 
 
 class CircuitBreaker:
+    """Stops sending exits to a venue that keeps failing, and lets a few through to test it.
+
+    Opens on the ``failure_threshold``-th consecutive failed exit, or when the share of
+    failures over the last ``window`` seconds reaches ``failure_rate`` (after ``min_calls``
+    exits); refuses exits while open; after ``cooldown`` seconds lets ``half_open_probes``
+    exits through, and closes on a success or re-opens on a failure. ``name`` labels it in
+    metrics and logs (one breaker per venue route).
+    """
+
     def __init__(
         self,
         failure_threshold: int = 3,
@@ -163,7 +170,7 @@ class CircuitBreaker:
         return permit
 
     def should_accept_exit(self) -> bool:
-        """The seed's check: would an exit be let through now? Takes no probe slot."""
+        """The original design's check: would an exit be let through now? Takes no probe slot."""
         state = self.state
         if state is BreakerState.HALF_OPEN:
             with self._lock:
@@ -230,7 +237,3 @@ class CircuitBreaker:
                 self._state is not BreakerState.CLOSED
             ) else None
         self._notify(event)
-
-
-#: The seed's name.
-ExitCircuitBreaker = CircuitBreaker

@@ -120,7 +120,8 @@ HaltListener = Callable[[HaltRecord], None]
 
 
 class TradingHalt:
-    """The system-wide, reduce-only halt (the seed's TradingHaltCoordinator)."""
+    """The system-wide, reduce-only halt: blocks new entries (never exits) until an approver
+    on ``approvers`` resumes it; kept in ``store`` so a restart stays halted."""
 
     def __init__(
         self,
@@ -229,7 +230,3 @@ class TradingHalt:
                 listener(record)
             except Exception:
                 _log.exception("halt listener raised; ignored")
-
-
-#: The seed's name.
-TradingHaltCoordinator = TradingHalt

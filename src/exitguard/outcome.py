@@ -11,6 +11,8 @@ from .venue import Fill, Position
 
 
 class ExitStatus(enum.StrEnum):
+    """How an exit ended: only CLOSED means the whole position is sold."""
+
     CLOSED = "closed"  # the whole position was sold
     FAILED = "failed"  # gave up; nothing may still land (the position may be partly sold)
     UNRESOLVED = "unresolved"  # the deadline passed while a submission may still land
@@ -19,6 +21,8 @@ class ExitStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ExitOutcome:
+    """What ``ExitGuard.exit`` returns: how it ended, what sold at what price, and why."""
+
     status: ExitStatus
     position: Position
     guard: str

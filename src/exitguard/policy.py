@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -25,8 +26,14 @@ __all__ = [
 class RetryPolicy:
     """How often and how long to retry; times in seconds.
 
-    The constructor's defaults are the seed's exit policy (``exit_policy()``);
-    ``default()`` is the seed's general-purpose policy. ``total_timeout`` bounds the
+    Two presets, and the constructor's defaults are the first:
+
+    * ``RetryPolicy()`` == ``RetryPolicy.exit_policy()``: what ``ExitGuard`` uses unless
+      given another; retries every error class an exit can recover from.
+    * ``RetryPolicy.general()``: for any other call (``BoundedRetryExecutor``'s default);
+      more patient per attempt, and retries only transient errors (network, timeout).
+
+    ``total_timeout`` bounds the
     submission phase: no attempt starts after it, and none starts with less than
     ``min_attempt_time`` left. ``attempt_timeout`` bounds each attempt's wait for a
     confirmation (always further cut to the time left). Attempts that fill part of a
@@ -73,16 +80,25 @@ class RetryPolicy:
         object.__setattr__(self, "retryable", retryable)
 
     @classmethod
-    def default(cls) -> RetryPolicy:
-        """The seed's general policy: 3 attempts, 1 s doubling to 10 s, 30 s in all."""
+    def general(cls) -> RetryPolicy:
+        """For calls other than exits (``BoundedRetryExecutor``'s default): 3 attempts, 1 s
+        doubling to 10 s, 30 s in all, transient errors only. Not ``RetryPolicy()``."""
         return cls(
             max_attempts=3, initial_backoff=1.0, max_backoff=10.0, backoff_multiplier=2.0,
             total_timeout=30.0, attempt_timeout=10.0, retryable=TRANSIENT,
         )
 
     @classmethod
+    def default(cls) -> RetryPolicy:
+        """Deprecated name of :meth:`general` (it is not the default ``RetryPolicy()``)."""
+        warnings.warn("RetryPolicy.default() is now RetryPolicy.general(); RetryPolicy() is"
+                      " the exit policy", DeprecationWarning, stacklevel=2)
+        return cls.general()
+
+    @classmethod
     def exit_policy(cls) -> RetryPolicy:
-        """The seed's exit policy: 2 attempts, 500 ms x2.5 up to 5 s, 20 s in all."""
+        """ExitGuard's policy, the same as ``RetryPolicy()``: 2 attempts, 500 ms x2.5 up to
+        5 s, 20 s in all, every error class an exit can recover from."""
         return cls()
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
@@ -126,7 +142,7 @@ class EscalationStep:
 
 @dataclass(frozen=True, slots=True)
 class EscalationLadder:
-    """Limit first, then market with wider slippage: the seed's fallback, generalised.
+    """Limit first, then market with wider slippage: the original design's fallback, generalised.
 
     Each resubmission at the same step multiplies the priority fee by ``fee_multiplier``
     (an expired transaction wants a higher fee), capped at ``max_priority_fee``; slippage is
@@ -162,7 +178,8 @@ class EscalationLadder:
 
     @classmethod
     def default(cls) -> EscalationLadder:
-        """Limit at 100 bps, then market at 500 bps after one failure (the seed's values)."""
+        """Limit at 100 bps, then market at 500 bps after one failure (the original design's
+        values)."""
         return cls(
             steps=(
                 EscalationStep(OrderMode.LIMIT, 100, priority_fee=10_000, attempts=1),
@@ -223,7 +240,8 @@ class EscalationLadder:
 
 
 class AdaptiveExitExecutor:
-    """The seed's adaptive exit: picks the ladder step from the count of failed attempts."""
+    """The original design's adaptive exit (exitguard.compat): picks the ladder step from the
+    count of failed attempts."""
 
     __slots__ = ("ladder",)
 

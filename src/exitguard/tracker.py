@@ -1,6 +1,8 @@
-"""The seed's exit attempt tracker: Idle -> First -> Second -> ... -> EmergencyHalt.
+"""The original design's exit attempt tracker (exitguard.compat).
 
-Generalised to ``max_attempts`` (the seed hard-codes two) and bounded in time: an attempt
+Idle -> First -> Second -> ... -> EmergencyHalt.
+
+Generalised to ``max_attempts`` (the design hard-codes two) and bounded in time: an attempt
 more than ``emergency_threshold`` seconds after the first halts instead of proceeding.
 """
 

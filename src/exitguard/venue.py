@@ -11,11 +11,15 @@ Side = Literal["long", "short"]
 
 
 class OrderMode(enum.StrEnum):
+    """How an order is priced: a limit at the slippage bound, or market within it."""
+
     LIMIT = "limit"
     MARKET = "market"
 
 
 class TxStatus(enum.StrEnum):
+    """What a look-up says of a sent transaction: whether it can still land."""
+
     LANDED = "landed"  # it filled (fully or partly): the Lookup carries the fill
     PENDING = "pending"  # it may still land
     EXPIRED = "expired"  # it can no longer land
@@ -95,6 +99,8 @@ class Submission:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
+    """What a landed transaction sold: ``size`` in base units at average ``price``."""
+
     tx_id: str
     size: float
     price: float
@@ -102,6 +108,8 @@ class Fill:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
+    """A look-up's answer: the status, and the fill when it landed."""
+
     status: TxStatus
     fill: Fill | None = field(default=None)
 
