@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .._validate import positive
+from .._validate import is_real, positive
 from ..clock import wall_time
 from ..errors import Classifier, ErrorClass, default_classifier
 from ..hooks import (
@@ -800,18 +800,18 @@ def _position_from(arguments: dict[str, Any], signal_price: float) -> Position:
                     "short" if side == "short" else "long")
 
 
+def _finite_positive(value: object) -> float | None:
+    """``value`` as a float if it is a finite number > 0 (never a bool), else None."""
+    return float(value) if is_real(value) and 0 < value < math.inf else None
+
+
 def _fill_of(result: object) -> tuple[float | None, float | None, str | None]:
     """(price, size, tx_id) from what an exit function returned, when it says."""
-    if isinstance(result, bool) or result is None:
-        return None, None, None
-    if isinstance(result, int | float):
-        return (float(result), None, None) if math.isfinite(result) and result > 0 else (
-            None, None, None)
+    if is_real(result) or result is None or isinstance(result, bool):
+        return _finite_positive(result), None, None
     price, size = getattr(result, "price", None), getattr(result, "size", None)
     tx_id = getattr(result, "tx_id", None)
-    ok_price = isinstance(price, int | float) and not isinstance(price, bool) and price > 0
-    ok_size = isinstance(size, int | float) and not isinstance(size, bool) and size > 0
-    return (float(price) if ok_price else None, float(size) if ok_size else None,  # type: ignore[arg-type]
+    return (_finite_positive(price), _finite_positive(size),
             tx_id if isinstance(tx_id, str) else None)
 
 
