@@ -109,6 +109,16 @@ def test_what_is_not_a_secret_is_left_alone(text: str) -> None:
     assert redact(text) == text
 
 
+def test_shapes_mixed_in_one_text_are_all_masked() -> None:
+    """Every pair of shapes, in both orders, in one text: a rule that masks one (and so moves
+    the text) must not make another miss its secret."""
+    for first in SHAPES:
+        for second in SHAPES:
+            clean = redact(f"{first.text}; then {second.text}", None)
+            assert first.secret not in clean, (first.name, second.name, clean)
+            assert second.secret not in clean, (first.name, second.name, clean)
+
+
 def test_redaction_runs_before_truncation() -> None:
     """A secret straddling the length bound is masked whole, not cut into a readable half."""
     secret = "Zq8Wm3Kx7Pv2Ln5Rt9"

@@ -75,6 +75,10 @@ _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # str.find (C speed) and runs a regex only where the anchor is.
 
 
+# Substrings of every secret word: a text with none of them has no pair to mask.
+_PAIR_HINTS = ("key", "token", "secret", "pass", "pwd", "sig", "auth", "credential", "cookie")
+
+
 def _mask_pairs(text: str) -> str:
     """Every ``name=value`` / ``name: value`` / ``"name": "value"`` whose name ends in a
     secret word, with the value masked (name, auth scheme and the value's quotes kept)."""
@@ -212,9 +216,11 @@ def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
         text = _PEM.sub(f"-----{MASK} PRIVATE KEY-----", text)
     if "://" in text:
         text = _mask_urls(text)
-    if ":" in text or "=" in text:
-        text = _mask_pairs(text)
     lowered = _lower(text)
+    if ("=" in text or ":" in text) and any(hint in lowered for hint in _PAIR_HINTS):
+        masked = _mask_pairs(text)
+        if masked is not text:
+            text, lowered = masked, _lower(masked)
     if "bearer" in lowered:
         text = _mask_after(text, lowered, "bearer", _BEARER_TOKEN)
     if "Basic" in text:
