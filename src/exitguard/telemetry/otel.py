@@ -122,7 +122,7 @@ def _exit_attributes(info: ExitInfo) -> dict[str, Any]:
         A_SYMBOL: position.symbol,
         A_SIZE: position.size,
         A_SIGNAL_PRICE: info.signal_price,
-        A_REASON: redact(info.reason),
+        A_REASON: info.reason,  # the bot's own label for the exit (not venue text)
         A_DEADLINE: info.deadline_s,
     }
 
