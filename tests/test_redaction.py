@@ -292,3 +292,23 @@ def test_a_page_carries_no_secret(sink: WebhookSink) -> None:
     assert "trading halted" in body
     for secret in [shape.secret for shape in SHAPES] + ["ActorTok3n99"]:
         assert secret not in body, secret
+
+
+def test_the_otlp_exporters_own_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    """The OpenTelemetry SDK logs a failed export with the collector's URL, whose query may
+    carry a key: its logger gets the same filter."""
+    from _servers import free_port
+
+    secret = "OtlpQu3ryK3y0123456789"
+    endpoint = f"http://127.0.0.1:{free_port()}/v1/traces?api_key={secret}"
+    caplog.set_level(logging.DEBUG)
+    # The timeout leaves room for a retry: the exporter logs the URL before retrying.
+    provider = configure_tracing(endpoint, set_global=False, schedule_delay=0.01, timeout=4)
+    try:
+        failing_exit("collector down", [TracingHooks(provider)])
+    finally:
+        shutdown_tracing(provider, timeout=10)
+    exporter_lines = [r for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
+    assert any("127.0.0.1" in r.getMessage() for r in exporter_lines), (
+        "the exporter did not log the URL: the test would prove nothing")
+    assert secret not in caplog.text, caplog.text

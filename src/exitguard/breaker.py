@@ -11,7 +11,6 @@ a scrape interval is counted. Thread-safe; listeners run outside the lock.
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,8 +18,9 @@ from dataclasses import dataclass
 
 from ._validate import fraction, positive, whole
 from .clock import Clock, loop_time
+from .redaction import get_logger
 
-_log = logging.getLogger("exitguard.breaker")
+_log = get_logger("exitguard.breaker")
 
 
 class BreakerState(enum.StrEnum):

@@ -352,7 +352,7 @@ class CountingSpanExporter(SpanExporter):
         self.exporter = exporter
         self.failures = 0  # this exporter's failed batches
         self._outage_failures = 0
-        logger = logging.getLogger(_OTLP_LOGGER)
+        logger = get_logger(_OTLP_LOGGER)  # redacted too: its lines quote the endpoint URL
         if _QUIET not in logger.filters:
             logger.addFilter(_QUIET)
 
