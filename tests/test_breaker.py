@@ -10,15 +10,9 @@ from typing import Any
 
 import pytest
 
-from exitguard import (
-    BreakerAction,
-    BreakerState,
-    CircuitBreaker,
-    CircuitBreakerAction,
-    ConfigError,
-    ExitCircuitBreaker,
-)
-from exitguard.breaker import Permit
+from exitguard import CircuitBreaker, ConfigError
+from exitguard.breaker import BreakerAction, BreakerState, Permit
+from exitguard.compat import CircuitBreakerAction, ExitCircuitBreaker
 from exitguard.vtime import run_virtual
 
 CLOSED, HALF_OPEN, OPEN = BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerState.OPEN

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 
-from exitguard import (
-    ConfigError,
-    ExitDeadline,
-    ExitDeadlineExceeded,
-    ExitDeadlineManager,
-    ExitTimeoutDetector,
-    ExitTimeoutError,
-    RpcTimeout,
-    TimeoutDetector,
-)
+from exitguard import ConfigError, RpcTimeout
+from exitguard.compat import ExitDeadlineManager, ExitTimeoutDetector
+from exitguard.deadline import ExitDeadline, TimeoutDetector
+from exitguard.errors import ExitDeadlineExceeded, ExitTimeoutError
 from exitguard.vtime import run_virtual
 
 
@@ -43,7 +37,8 @@ def test_window_arithmetic_with_an_injected_clock() -> None:
     deadline = ExitDeadline(30.0, clock=clock)
     assert deadline.started_at == 1000.0
     assert deadline.expires_at == 1030.0
-    assert deadline.window == 30.0
+    assert deadline.seconds == 30.0
+    assert deadline.window == 30.0  # the original design's name
     assert deadline.is_within_window()
     assert deadline.remaining() == 30.0
     deadline.assert_within_window()
@@ -79,13 +74,13 @@ def test_started_at_may_be_given() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("window", 0),
-        ("window", -1.0),
-        ("window", math.nan),
-        ("window", math.inf),
-        ("window", True),
-        ("window", "30"),
-        ("window", None),
+        ("seconds", 0),
+        ("seconds", -1.0),
+        ("seconds", math.nan),
+        ("seconds", math.inf),
+        ("seconds", True),
+        ("seconds", "30"),
+        ("seconds", None),
         ("started_at", math.nan),
         ("started_at", math.inf),
         ("started_at", "now"),
@@ -93,7 +88,7 @@ def test_started_at_may_be_given() -> None:
     ],
 )
 def test_exit_deadline_rejects_impossible_values(field: str, value: Any) -> None:
-    kwargs: dict[str, Any] = {"window": 30.0, field: value}
+    kwargs: dict[str, Any] = {"seconds": 30.0, field: value}
     with pytest.raises(ConfigError) as info:
         ExitDeadline(**kwargs)
     assert isinstance(info.value, ValueError)

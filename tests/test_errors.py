@@ -6,27 +6,30 @@ import pytest
 
 from exitguard import (
     ConfigError,
-    EmergencyHaltError,
     ErrorClass,
-    ExitDeadlineExceeded,
     ExitError,
-    ExitTimeoutError,
-    HaltResumeError,
-    HaltStoreError,
     InsufficientBalance,
     InvalidAccount,
-    InvalidVenueResponse,
     NetworkError,
     RetryExhaustedError,
     RpcTimeout,
     SlippageExceeded,
-    StateTransitionError,
     TradingHalted,
     TxExpired,
+)
+from exitguard.errors import (
+    EXIT_RETRYABLE,
+    TRANSIENT,
+    EmergencyHaltError,
+    ExitDeadlineExceeded,
+    ExitTimeoutError,
+    HaltResumeError,
+    HaltStoreError,
+    InvalidVenueResponse,
+    StateTransitionError,
     classify_text,
     default_classifier,
 )
-from exitguard.errors import EXIT_RETRYABLE, TRANSIENT
 
 E = ErrorClass
 

@@ -43,11 +43,9 @@ from exitguard import (
     ExitOutcome,
     ExitStatus,
     Fill,
-    HaltStoreError,
     Hooks,
     Lookup,
     NetworkError,
-    NoopHooks,
     Position,
     RetryPolicy,
     Submission,
@@ -55,9 +53,10 @@ from exitguard import (
     TradingHalted,
     TxStatus,
 )
+from exitguard.errors import HaltStoreError
 from exitguard.faults import FaultSource
 from exitguard.halt import FileHaltStore, HaltSnapshot
-from exitguard.hooks import AttemptReport, AttemptResult
+from exitguard.hooks import AttemptReport, AttemptResult, NoopHooks
 from exitguard.state_machine import is_valid_path
 from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual, unchecked_fill
 from exitguard.venue import ExitOrder

@@ -11,18 +11,15 @@ from typing import Any
 import pytest
 
 from exitguard import (
-    BreakerState,
     CircuitBreaker,
     ErrorClass,
     EscalationLadder,
     ExitGuard,
     ExitOutcome,
-    ExitState,
     ExitStatus,
     Fill,
     InsufficientBalance,
     NetworkError,
-    NoopHooks,
     OrderMode,
     Position,
     RetryPolicy,
@@ -32,8 +29,9 @@ from exitguard import (
     TradingHalted,
     TxExpired,
 )
-from exitguard.hooks import AttemptReport, AttemptResult
-from exitguard.state_machine import is_valid_path
+from exitguard.breaker import BreakerState
+from exitguard.hooks import AttemptReport, AttemptResult, NoopHooks
+from exitguard.state_machine import ExitState, is_valid_path
 from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual
 
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)

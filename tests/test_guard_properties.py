@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from exitguard import (
     ExitGuard,
     ExitOutcome,
-    ExitState,
     ExitStatus,
     InsufficientBalance,
     InvalidAccount,
@@ -22,7 +21,7 @@ from exitguard import (
     SlippageExceeded,
     TxExpired,
 )
-from exitguard.state_machine import is_valid_path
+from exitguard.state_machine import ExitState, is_valid_path
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
 
 POSITION = Position("prop", "SOL", 10.0, 100.0)

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from exitguard import (
-    FileHaltStore,
-    HaltRecord,
-    HaltResumeError,
-    HaltStoreError,
-    MemoryHaltStore,
-    TradingHalt,
-    TradingHaltCoordinator,
-    TradingHalted,
-)
-from exitguard.halt import HaltSnapshot
+from exitguard import FileHaltStore, TradingHalt, TradingHalted
+from exitguard.compat import TradingHaltCoordinator
+from exitguard.errors import HaltResumeError, HaltStoreError
+from exitguard.halt import HaltRecord, HaltSnapshot, MemoryHaltStore
 
 APPROVERS = ("alice", "bob")
 

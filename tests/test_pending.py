@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exitguard import (
-    ExitGuard,
-    ExitStatus,
-    FilePendingStore,
-    MemoryPendingStore,
-    PendingRecord,
-    PendingStoreError,
-    Position,
-    TradingHalt,
-)
+from exitguard import ExitGuard, ExitStatus, FilePendingStore, Position, TradingHalt
 from exitguard.errors import ErrorClass
 from exitguard.faults import FaultSource
+from exitguard.pending import MemoryPendingStore, PendingRecord, PendingStoreError
 from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual
 from exitguard.venue import ExitOrder, Fill, Lookup, OrderMode, Submission, TxStatus
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from exitguard import (
-    AdaptiveExitExecutor,
     ConfigError,
     ErrorClass,
     EscalationLadder,
@@ -19,6 +18,7 @@ from exitguard import (
     Position,
     RetryPolicy,
 )
+from exitguard.compat import AdaptiveExitExecutor
 from exitguard.errors import EXIT_RETRYABLE, TRANSIENT
 
 NAN = math.nan
@@ -26,10 +26,10 @@ INF = math.inf
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)
 
 
-# -- RetryPolicy: the seed's values -------------------------------------------------------
+# -- RetryPolicy: the two presets -----------------------------------------------------------
 
 
-def test_constructor_defaults_are_the_seed_exit_policy() -> None:
+def test_the_constructors_defaults_are_the_exit_policy() -> None:
     policy = RetryPolicy()
     assert policy == RetryPolicy.exit_policy()
     assert (policy.max_attempts, policy.initial_backoff, policy.max_backoff) == (2, 0.5, 5.0)
@@ -39,8 +39,11 @@ def test_constructor_defaults_are_the_seed_exit_policy() -> None:
     assert ErrorClass.NETWORK in policy.retryable
 
 
-def test_default_is_the_seed_general_policy() -> None:
-    policy = RetryPolicy.default()
+def test_general_is_another_policy_and_default_its_deprecated_name() -> None:
+    policy = RetryPolicy.general()
+    assert policy != RetryPolicy()
+    with pytest.warns(DeprecationWarning, match=r"RetryPolicy\.general\(\)"):
+        assert RetryPolicy.default() == policy
     assert policy.max_attempts == 3
     assert policy.initial_backoff == 1.0
     assert policy.max_backoff == 10.0
@@ -53,7 +56,7 @@ def test_default_is_the_seed_general_policy() -> None:
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        (RetryPolicy.default(), [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]),
+        (RetryPolicy.general(), [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]),
         (RetryPolicy.exit_policy(), [0.5, 1.25, 3.125, 5.0, 5.0]),
         (RetryPolicy(initial_backoff=0.1, max_backoff=0.1, backoff_multiplier=1.0),
          [0.1, 0.1, 0.1]),

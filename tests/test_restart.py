@@ -29,7 +29,6 @@ from exitguard import (
     ExitGuard,
     ExitStatus,
     Fill,
-    HaltResumeError,
     Lookup,
     Position,
     Submission,
@@ -37,6 +36,7 @@ from exitguard import (
     TradingHalted,
     TxStatus,
 )
+from exitguard.errors import HaltResumeError
 from exitguard.halt import FileHaltStore
 from exitguard.testing import RecordingHooks, ScriptedVenue, run_virtual
 

@@ -17,16 +17,16 @@ from hypothesis import strategies as st
 
 from exitguard import (
     BoundedRetryExecutor,
-    BreakerAction,
     CircuitBreaker,
     ErrorClass,
-    ExitTimeoutError,
     InsufficientBalance,
     NetworkError,
     RetryExhaustedError,
     RetryPolicy,
     RpcTimeout,
 )
+from exitguard.breaker import BreakerAction
+from exitguard.errors import ExitTimeoutError
 from exitguard.vtime import run_virtual
 
 T = TypeVar("T")
@@ -347,7 +347,7 @@ def test_classifier_argument_overrides_the_constructor_one() -> None:
 def test_default_classifier_stops_on_permanent_errors() -> None:
     executor = BoundedRetryExecutor(RetryPolicy(max_attempts=5))
     assert executor.policy == RetryPolicy(max_attempts=5)
-    assert BoundedRetryExecutor().policy == RetryPolicy.default()
+    assert BoundedRetryExecutor().policy == RetryPolicy.general()
 
     async def broke() -> None:
         raise InsufficientBalance("insufficient funds")

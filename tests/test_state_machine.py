@@ -9,14 +9,10 @@ from collections import deque
 
 import pytest
 
-from exitguard import (
-    ExitDeadline,
-    ExitState,
-    ExitStateMachine,
-    StateTransitionError,
-    TransitionRecord,
-)
-from exitguard.state_machine import ALLOWED, TERMINAL_STATES, is_valid_path
+from exitguard.compat import ExitStateMachine, TransitionRecord
+from exitguard.deadline import ExitDeadline
+from exitguard.errors import StateTransitionError
+from exitguard.state_machine import ALLOWED, TERMINAL_STATES, ExitState, is_valid_path
 from exitguard.vtime import run_virtual
 
 S = ExitState

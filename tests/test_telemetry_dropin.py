@@ -133,7 +133,7 @@ def test_track_exit_records_what_the_guard_records() -> None:
 
     async def main() -> None:
         async with track_exit(position_id="pos-9", symbol="SOL", size=10.0, entry_price=100.0,
-                              signal_price=95.0, guard="bot", reason="stop_loss",
+                              signal_price=95.0, guard_name="bot", reason="stop_loss",
                               venue="scripted", hooks=dropin.hooks) as exit_:
             assert current_exit() is exit_
             async with exit_.attempt(mode="limit", max_slippage_bps=100,
@@ -163,7 +163,7 @@ def test_track_exit_retry_after_timeout_matches_the_guard() -> None:
                                lands_after=None, expires_after=1.0), TxPlan()])
 
     async def main() -> None:
-        async with track_exit(POSITION, signal_price=95.0, guard="bot", reason="stop_loss",
+        async with track_exit(POSITION, signal_price=95.0, guard_name="bot", reason="stop_loss",
                               venue="scripted", hooks=dropin.hooks) as exit_:
             first = exit_.attempt_started("limit", max_slippage_bps=100, priority_fee=10_000)
             first.submitted("tx1")
@@ -191,7 +191,7 @@ def test_track_exit_retry_after_timeout_matches_the_guard() -> None:
 def test_track_exit_exception_is_a_failed_exit_and_propagates(kit: Kit) -> None:
     async def main() -> None:
         with pytest.raises(ConnectionError, match="down"):
-            async with track_exit(POSITION, signal_price=95.0, guard="bot",
+            async with track_exit(POSITION, signal_price=95.0, guard_name="bot",
                                   hooks=kit.hooks) as exit_, exit_.attempt("market"):
                 raise ConnectionError("down")
         assert exit_.outcome is not None
@@ -209,7 +209,7 @@ def test_track_exit_exception_is_a_failed_exit_and_propagates(kit: Kit) -> None:
 
 def test_unresolved_drop_in_exit_and_its_late_fill(kit: Kit) -> None:
     async def main() -> None:
-        async with track_exit(POSITION, signal_price=95.0, guard="bot",
+        async with track_exit(POSITION, signal_price=95.0, guard_name="bot",
                               hooks=kit.hooks) as exit_:
             attempt = exit_.attempt_started("market")
             attempt.submitted("tx-a")
@@ -235,7 +235,7 @@ def test_unresolved_drop_in_exit_and_its_late_fill(kit: Kit) -> None:
 
 def test_refused_drop_in_exit(kit: Kit) -> None:
     async def main() -> None:
-        async with track_exit(POSITION, signal_price=95.0, guard="bot",
+        async with track_exit(POSITION, signal_price=95.0, guard_name="bot",
                               hooks=kit.hooks) as exit_:
             exit_.refused("my breaker is open")
 
@@ -317,6 +317,20 @@ def test_track_exit_validates_its_input() -> None:
         track_exit(signal_price=95.0)
     with pytest.raises(ValueError, match="size"):
         track_exit(position_id="p", size=-1.0, signal_price=95.0)
+
+
+def test_former_names_of_guard_name_and_deadline_still_work_with_a_warning(kit: Kit) -> None:
+    """``guard_name`` and ``deadline`` (seconds) are the names; ``guard=``/``deadline_s=`` are
+    kept, deprecated."""
+    with pytest.warns(DeprecationWarning, match="guard_name"):
+        old = track_exit(POSITION, signal_price=95.0, guard="old-bot", hooks=kit.hooks)
+    assert old.guard == "old-bot"
+    with pytest.warns(DeprecationWarning, match="deadline="):
+        old = track_exit(POSITION, signal_price=95.0, deadline_s=7.0, hooks=kit.hooks)
+    assert old.deadline_s == 7.0
+    new = track_exit(POSITION, signal_price=95.0, guard_name="bot", deadline=9.0,
+                     hooks=kit.hooks)
+    assert (new.guard, new.deadline_s) == ("bot", 9.0)
 
 
 def test_the_documented_drop_in_example_runs() -> None:

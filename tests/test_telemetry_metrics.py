@@ -30,7 +30,6 @@ from exitguard import (
     ExitStatus,
     InsufficientBalance,
     NetworkError,
-    NoopHooks,
     Position,
     RetryPolicy,
     RpcTimeout,
@@ -38,6 +37,7 @@ from exitguard import (
 )
 from exitguard import catalogue as cat
 from exitguard.faults import FaultSource
+from exitguard.hooks import NoopHooks
 from exitguard.telemetry import (
     REGISTERED_METRICS,
     MetricsServer,

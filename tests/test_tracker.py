@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from exitguard import ConfigError, EmergencyHaltError, ExitAttemptTracker
+from exitguard import ConfigError
+from exitguard.compat import ExitAttemptTracker
+from exitguard.errors import EmergencyHaltError
 from exitguard.tracker import TrackerState
 from exitguard.vtime import run_virtual
 

@@ -9,7 +9,6 @@ is recorded (who, when, why) in the audit history.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -20,8 +19,9 @@ from typing import Any, Protocol
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, TradingHalted
 from .filestore import atomic_write_json
+from .redaction import get_logger
 
-_log = logging.getLogger("exitguard.halt")
+_log = get_logger("exitguard.halt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,8 @@ HaltListener = Callable[[HaltRecord], None]
 
 
 class TradingHalt:
-    """The system-wide, reduce-only halt (the seed's TradingHaltCoordinator)."""
+    """The system-wide, reduce-only halt: blocks new entries (never exits) until an approver
+    on ``approvers`` resumes it; kept in ``store`` so a restart stays halted."""
 
     def __init__(
         self,
@@ -229,7 +230,3 @@ class TradingHalt:
                 listener(record)
             except Exception:
                 _log.exception("halt listener raised; ignored")
-
-
-#: The seed's name.
-TradingHaltCoordinator = TradingHalt

@@ -11,6 +11,8 @@ from .venue import Fill, Position
 
 
 class ExitStatus(enum.StrEnum):
+    """How an exit ended: only CLOSED means the whole position is sold."""
+
     CLOSED = "closed"  # the whole position was sold
     FAILED = "failed"  # gave up; nothing may still land (the position may be partly sold)
     UNRESOLVED = "unresolved"  # the deadline passed while a submission may still land

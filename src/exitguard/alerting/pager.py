@@ -41,7 +41,9 @@ import apprise
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
+from exitguard._validate import non_negative, positive
 from exitguard.hooks import ExitInfo, NoopHooks
+from exitguard.redaction import RedactingFilter, get_logger, redact
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ __all__ = [
     "parse_urls",
 ]
 
-_log = logging.getLogger("exitguard.alerting")
+_log = get_logger("exitguard.alerting")
 
 ENV_URLS = "EXITGUARD_PAGER_URLS"
 ENV_URLS_FILE = "EXITGUARD_PAGER_URLS_FILE"
@@ -130,8 +132,9 @@ def _secret_fragments(url: str) -> set[str]:
     return found
 
 
-class _Redactor(logging.Filter):
-    """Replaces known secrets in log records (message, arguments and traceback) with ``***``."""
+class _Redactor(RedactingFilter):
+    """The core's redacting filter, plus the pager's known secrets (every fragment of each
+    webhook URL, which has no recognisable shape: ``discord://<id>/<token>``) replaced first."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,32 +147,11 @@ class _Redactor(logging.Filter):
             # Longest first, so a URL is replaced whole before its pieces.
             self._secrets = tuple(sorted(merged, key=len, reverse=True))
 
-    def redact(self, text: str) -> str:
+    def clean(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is not ours to fix
-            return True
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-            clean = self.redact(text)
-            if clean != text:
-                record.exc_info, record.exc_text = None, clean
-        elif record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
+        return super().clean(text)
 
 
 _REDACTOR = _Redactor()
@@ -224,9 +206,7 @@ def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {raw!r}")
-    return value
+    return positive("environment", name, value)
 
 
 def _env_runbook_base_url(environ: Mapping[str, str]) -> str:
@@ -367,12 +347,8 @@ class Pager(NoopHooks):
     ) -> None:
         if isinstance(urls, str):
             raise TypeError("urls must be a sequence of URLs, not one string (see parse_urls)")
-        if not min_interval >= 0:
-            raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        self.min_interval = float(min_interval)
-        self.timeout = float(timeout)
+        self.min_interval = non_negative("Pager", "min_interval", min_interval)
+        self.timeout = positive("Pager", "timeout", timeout)
         self.runbook_base_url = check_base_url(runbook_base_url)
         _protect(urls)
         self._channels = tuple(self._channel(n, url) for n, url in enumerate(urls, 1))
@@ -508,20 +484,21 @@ class Pager(NoopHooks):
     def halted(self, guard: str, record: HaltRecord) -> None:
         if not self.enabled:
             return
+        reason = redact(record.reason)  # may quote a venue's error text
         self._event(
             _Event(
                 guard=guard,
                 kind=PageKind.HALTED,
                 title=f"exitguard CRITICAL: trading halted (guard {guard})",
                 headline=(
-                    f"Guard {guard!r} halted new entries: {record.reason}. Exits still run;"
+                    f"Guard {guard!r} halted new entries: {reason}. Exits still run;"
                     " resume with `exitguard halt resume --approver NAME --reason ...`."
                 ),
                 details=(
                     ("guard", guard),
                     ("event", PageKind.HALTED.value),
-                    ("reason", record.reason),
-                    ("actor", record.actor),
+                    ("reason", reason),
+                    ("actor", redact(record.actor)),
                     ("at", _iso(record.at)),
                 ),
             )

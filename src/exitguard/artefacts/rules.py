@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from exitguard import catalogue
+from exitguard._validate import fraction, positive
 from exitguard.catalogue import GUARD_LABEL, MetricSpec
 from exitguard.filestore import SHARED, atomic_write_text
 from exitguard.runbooks import RUNBOOK_BASE_URL, anchor, check_base_url
@@ -80,13 +81,14 @@ class Thresholds:
     trace_export_for: str = "5m"
 
     def __post_init__(self) -> None:
-        if not 0 < self.p99_exit_seconds < self.deadline_seconds:
+        positive("Thresholds", "deadline_seconds", self.deadline_seconds)
+        positive("Thresholds", "p99_exit_seconds", self.p99_exit_seconds)
+        fraction("Thresholds", "retry_ratio", self.retry_ratio, zero=False)
+        if not self.p99_exit_seconds < self.deadline_seconds:
             raise ValueError(
                 f"p99_exit_seconds ({self.p99_exit_seconds}) must be > 0 and below the deadline"
                 f" ({self.deadline_seconds}) so the warning comes before exits time out"
             )
-        if not 0 < self.retry_ratio <= 1:
-            raise ValueError(f"retry_ratio must be in (0, 1], got {self.retry_ratio}")
 
 
 DEFAULT_THRESHOLDS = Thresholds()

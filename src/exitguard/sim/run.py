@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validate import whole
 from ..breaker import CircuitBreaker
 from ..guard import ExitGuard
 from ..halt import TradingHalt
@@ -427,8 +428,7 @@ def run_monte_carlo(
     All runs share one virtual-time loop, one after another, so nothing one run does can
     change another's timing: the same seed gives the same results.
     """
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
+    whole("run_monte_carlo", "runs", runs, 1)
     chosen = tuple(variants)
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:

@@ -42,6 +42,7 @@ from ..errors import HaltResumeError, TradingHalted
 from ..guard import ExitGuard
 from ..halt import FileHaltStore, TradingHalt
 from ..hooks import Hooks
+from ..redaction import get_logger
 from ..telemetry import (
     configure_logging,
     configure_tracing,
@@ -65,7 +66,7 @@ __all__ = [
     "serve",
 ]
 
-_log = logging.getLogger("exitguard.sim.serve")
+_log = get_logger("exitguard.sim.serve")
 
 #: Open positions the demo bot keeps (entries stop while halted; exits go on).
 _INVENTORY = 40

@@ -20,7 +20,8 @@ Bots that keep their own exit code get the same metrics, spans and logs with
 
 from __future__ import annotations
 
-from ._context import current_span_ids, current_trace_id, redact
+from ..redaction import redact
+from ._context import current_span_ids, current_trace_id
 from ._fanout import TelemetryHooks
 from .instrument import (
     Instrumentation,

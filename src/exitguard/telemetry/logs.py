@@ -9,8 +9,8 @@ per breaker transition (``breaker.transition``), halt (``trading.halted``) and r
 is logged at ``routine_level`` (debug by default), anything out of the ordinary at info or
 above: at info a clean exit is one line. Every event carries ``guard`` and, when a span is
 current, ``trace_id`` and ``span_id`` (lowercase hex, as in OTLP and the exemplars); exit
-events carry ``position_id`` and ``symbol``. Error texts are redacted (credentials in URLs,
-``key=value`` secrets, bearer tokens); nothing else from the venue is logged.
+events carry ``position_id`` and ``symbol``. Error texts are redacted
+(``exitguard.redaction``); nothing else from the venue is logged.
 
 ``configure_logging`` sets structlog up for production (JSON lines) or humans (console),
 natively or through the standard library's ``logging`` (``stdlib=True``) for bots that
@@ -37,9 +37,10 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from ..breaker import BreakerState
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
 from ..outcome import ExitOutcome, ExitStatus
+from ..redaction import redact
 from ..state_machine import ExitState
 from ..venue import Fill, TxStatus
-from ._context import current_span_ids, redact
+from ._context import current_span_ids
 
 if TYPE_CHECKING:
     from ..errors import ErrorClass

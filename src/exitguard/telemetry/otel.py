@@ -22,7 +22,6 @@ unreachable or slow collector never slows an exit::
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -38,10 +37,11 @@ from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioB
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from .. import catalogue
+from .._validate import fraction, positive
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, NoopExitObserver
 from ..outcome import ExitOutcome, ExitStatus
+from ..redaction import get_logger, redact
 from ..venue import Fill, TxStatus
-from ._context import redact
 from ._export_failures import TRACE_EXPORT_FAILURES
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def _exit_attributes(info: ExitInfo) -> dict[str, Any]:
         A_SYMBOL: position.symbol,
         A_SIZE: position.size,
         A_SIGNAL_PRICE: info.signal_price,
-        A_REASON: info.reason,
+        A_REASON: info.reason,  # the bot's own label for the exit (not venue text)
         A_DEADLINE: info.deadline_s,
     }
 
@@ -232,7 +232,7 @@ class _TraceObserver:
 
     def exit_finished(self, outcome: ExitOutcome) -> None:
         if self._attempt is not None:
-            self._end_attempt(f"exit ended during the attempt ({outcome.reason})")
+            self._end_attempt(f"exit ended during the attempt ({redact(outcome.reason)})")
         span = self._span
         attributes = self._attributes
         attributes[A_OUTCOME] = outcome.status.value
@@ -314,15 +314,15 @@ class TracingHooks:
                                 A_TO: new.value})
 
     def halted(self, guard: str, record: HaltRecord) -> None:
-        self._event(E_HALTED, {A_GUARD: guard, A_DETAIL: record.reason})
+        self._event(E_HALTED, {A_GUARD: guard, A_DETAIL: redact(record.reason)})
 
     def resumed(self, guard: str, record: HaltRecord) -> None:
-        self._event(E_RESUMED, {A_GUARD: guard, A_DETAIL: record.reason})
+        self._event(E_RESUMED, {A_GUARD: guard, A_DETAIL: redact(record.reason)})
 
 
 # -- set-up ------------------------------------------------------------------------------
 
-_log = logging.getLogger("exitguard.telemetry")
+_log = get_logger("exitguard.telemetry")
 #: The OTLP/HTTP exporter logs every failed batch (and every retry) under this name.
 _OTLP_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 _in_outage: set[int] = set()  # ids of CountingSpanExporters whose export is failing
@@ -352,7 +352,7 @@ class CountingSpanExporter(SpanExporter):
         self.exporter = exporter
         self.failures = 0  # this exporter's failed batches
         self._outage_failures = 0
-        logger = logging.getLogger(_OTLP_LOGGER)
+        logger = get_logger(_OTLP_LOGGER)  # redacted too: its lines quote the endpoint URL
         if _QUIET not in logger.filters:
             logger.addFilter(_QUIET)
 
@@ -435,8 +435,7 @@ def configure_tracing(
     no exemplar; it is dropped whatever its outcome, so keep 1.0 (and sample in the
     collector) when every failed exit's trace matters.
     """
-    if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0):
-        raise ValueError(f"timeout must be a number > 0, got {timeout!r}")
+    positive("configure_tracing", "timeout", timeout)
     attributes: dict[str, str] = {"service.name": service_name}
     attributes.update(resource_attributes or {})
     provider = TracerProvider(resource=Resource.create(attributes),
@@ -473,10 +472,8 @@ def _sampler(sample_ratio: float | None) -> Sampler | None:
     """None: the SDK's default (which reads the OTEL_TRACES_SAMPLER environment variables)."""
     if sample_ratio is None:
         return None
-    if not (isinstance(sample_ratio, int | float) and not isinstance(sample_ratio, bool)
-            and math.isfinite(sample_ratio) and 0.0 <= sample_ratio <= 1.0):
-        raise ValueError(f"sample_ratio must be a number from 0 to 1, got {sample_ratio!r}")
-    return ParentBased(TraceIdRatioBased(float(sample_ratio)))
+    ratio = fraction("configure_tracing", "sample_ratio", sample_ratio)
+    return ParentBased(TraceIdRatioBased(ratio))
 
 
 def shutdown_tracing(provider: trace.TracerProvider | None = None, timeout: float = 5.0) -> bool:

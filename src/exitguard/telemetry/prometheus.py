@@ -35,8 +35,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .. import catalogue
+from .._validate import whole
 from ..breaker import BreakerState
-from ..errors import ErrorClass
+from ..errors import ConfigError, ErrorClass
 from ..faults import FaultSource
 from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
 from ..outcome import ExitOutcome, ExitStatus
@@ -426,8 +427,8 @@ def serve_metrics(
     ``addr="0.0.0.0"`` explicitly to expose it wider). ``port=0`` picks a free port (see
     ``.port``). A port in use raises OSError naming it.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an integer between 0 and 65535, got {port!r}")
+    if whole("serve_metrics", "port", port, 0) > 65535:
+        raise ConfigError("serve_metrics", "port", "must be an integer from 0 to 65535", port)
     try:
         httpd, thread = start_http_server(
             port, addr=addr, registry=registry if registry is not None else REGISTRY
