@@ -41,8 +41,6 @@ from .hooks import (
     ExitInfo,
     ExitObserver,
     Hooks,
-    NoopExitObserver,
-    NoopHooks,
 )
 from .outcome import ExitOutcome, ExitStatus
 from .pending import (
@@ -111,8 +109,6 @@ __all__ = [
     "MemoryHaltStore",
     "MemoryPendingStore",
     "NetworkError",
-    "NoopExitObserver",
-    "NoopHooks",
     "OrderMode",
     "PendingRecord",
     "PendingStore",
