@@ -127,7 +127,7 @@ def test_the_guards_call_sites_become_events() -> None:
     SafeHooks(seen.append).late_fill(INFO, fill)
     assert seen == [LateFill(INFO, fill)]
     with pytest.raises(AttributeError):
-        seen[0].fill = None  # type: ignore[attr-defined, misc]
+        seen[0].fill = None  # type: ignore[attr-defined]
 
 
 def test_an_outcome_is_delivered_as_the_exit_finished_event() -> None:
