@@ -4,7 +4,11 @@ fan-out, the failure accounting or the recording hooks; combined hooks cross one
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +165,13 @@ def test_an_observer_that_is_not_callable_is_a_counted_hook_fault() -> None:
     assert outcome.ok
     assert guard.hooks is not None
     assert guard.hooks.failure_counts == {("hook", "exit_started"): 1}
+
+
+def test_the_documented_hook_example_runs() -> None:
+    doc = Path(__file__).parent.parent / "docs" / "instrumentation.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    example = next(b for b in blocks if "def audit" in b)
+    done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pos-1 closed"

@@ -750,7 +750,12 @@ def track_exit(
         )
     elif not isinstance(position, Position):
         raise TypeError(f"position must be an exitguard.Position, got {type(position)!r}")
-    safe = as_safe_hooks(hooks) if hooks is not None else default_hooks()
+    if hooks is None:
+        safe: SafeHooks | None = default_hooks()
+    elif isinstance(hooks, SafeHooks):  # kept: its failures are logged once across exits
+        safe = hooks
+    else:
+        safe = as_safe_hooks(hooks)
     return TrackedExit(
         position, signal_price=signal, guard=guard, reason=str(reason),
         deadline_s=_number("deadline_s", deadline_s), venue=venue,

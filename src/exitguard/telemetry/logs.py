@@ -174,8 +174,10 @@ class _LogObserver:
     def __call__(self, event: ExitEvent) -> None:
         # One event per attempt, when its result is known (exit.attempt): AttemptInfo is
         # not logged.
-        if isinstance(event, TransitionRecord):
-            self._transition(event)
+        if isinstance(event, TransitionRecord):  # the most frequent, mostly below the level
+            level = self._routine if event.to_state in ROUTINE_STATES else _INFO
+            if level >= self._level:
+                self._transition(event, level)
         elif isinstance(event, AttemptReport):
             self._attempt_finished(event)
         elif isinstance(event, ExitOutcome):
@@ -218,13 +220,9 @@ class _LogObserver:
             fields["error"] = redact(report.error)
         self._emit(level, "exit.attempt", fields)
 
-    def _transition(self, record: TransitionRecord) -> None:
-        to_state = record.to_state
-        level = self._routine if to_state in ROUTINE_STATES else _INFO
-        if level < self._level:
-            return
+    def _transition(self, record: TransitionRecord, level: int) -> None:
         fields: dict[str, Any] = {
-            "from_state": record.from_state.value, "to_state": to_state.value,
+            "from_state": record.from_state.value, "to_state": record.to_state.value,
         }
         if record.detail:  # the core's own words (an error class, a ladder step): no secrets
             fields["detail"] = record.detail

@@ -162,8 +162,19 @@ class _TraceObserver:
         self._attempt_token: object | None = None
 
     def __call__(self, event: ExitEvent) -> None:
+        # By frequency: transitions (several per exit, their body inlined), the attempt's
+        # start and end, the exit's end; then the rare ones.
         if isinstance(event, TransitionRecord):
-            self._transition(event)
+            attributes: dict[str, Any] = {
+                A_FROM: event.from_state.value, A_TO: event.to_state.value,
+            }
+            if event.detail:
+                attributes[A_DETAIL] = event.detail
+            if event.tx_id is not None:
+                attributes[A_TX_ID] = event.tx_id
+            if event.late:
+                attributes[A_LATE] = True
+            self._event(E_TRANSITION, attributes)
         elif isinstance(event, AttemptInfo):
             self._attempt_started(event)
         elif isinstance(event, AttemptReport):
@@ -233,18 +244,6 @@ class _TraceObserver:
             add(Event(name, attributes))
         else:
             self._span.add_event(name, attributes)
-
-    def _transition(self, record: TransitionRecord) -> None:
-        attributes: dict[str, Any] = {
-            A_FROM: record.from_state.value, A_TO: record.to_state.value,
-        }
-        if record.detail:
-            attributes[A_DETAIL] = record.detail
-        if record.tx_id is not None:
-            attributes[A_TX_ID] = record.tx_id
-        if record.late:
-            attributes[A_LATE] = True
-        self._event(E_TRANSITION, attributes)
 
     def _exit_finished(self, outcome: ExitOutcome) -> None:
         if self._attempt is not None:
