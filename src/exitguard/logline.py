@@ -35,8 +35,9 @@ _exit_logged: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "exitguard_exit_logged", default=False
 )
 
-#: The guard's lines (exitguard.guard) that report an event a structured sink logs too.
-#: Matched by their format string until the guard writes them with ``extra=`` tags.
+#: The guard's lines (exitguard.guard) that report an event a structured sink logs too,
+#: matched by their format string: a bridge until guard.py tells its hooks first and writes
+#: them with ``hearing`` as the breaker and the halt do (then this filter goes).
 _GUARD_EVENT_LINES = frozenset({
     "late fill: %s of exit %s landed after the exit ended (%g @ %g)",
     "reconciliation of %s stopped before they resolved",
