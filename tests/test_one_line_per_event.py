@@ -193,8 +193,11 @@ def test_demo_serve_writes_only_json_and_stops_without_errors(tmp_path: Path) ->
                             cwd=tmp_path, env=env)
     try:
         assert proc.stderr is not None
-        first = proc.stderr.readline()
-        assert "metrics on http://127.0.0.1:" in json.loads(first)["event"]
+        for _ in range(20):  # the banner, as a JSON line like every other
+            if "metrics on http://127.0.0.1:" in json.loads(proc.stderr.readline())["event"]:
+                break
+        else:
+            raise AssertionError("no banner")
         time.sleep(4.0)  # some exits in flight
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
