@@ -40,7 +40,8 @@ from typing import IO, Any
 from exitguard import ExitGuard, Position, RetryPolicy, telemetry
 from exitguard.alerting.pager import Pager
 from exitguard.breaker import BreakerState, CircuitBreaker
-from exitguard.hooks import NoopHooks
+from exitguard.events import BreakerTransition
+from exitguard.hooks import Hooks
 from exitguard.outcome import ExitStatus
 from exitguard.testing import ScriptedVenue, TxPlan
 
@@ -68,23 +69,21 @@ class EventLog:
         self._file.close()
 
 
-class TripMarker(NoopHooks):
+class TripMarker:
     """The first hook of each guard: stamps the moment a breaker opens."""
 
     def __init__(self, events: EventLog) -> None:
         self.events = events
 
-    def breaker_transition(
-        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
-    ) -> None:
-        if new is BreakerState.OPEN:
-            self.events.write("tripped", guard=guard, breaker=breaker)
+    def __call__(self, event: object) -> None:
+        if isinstance(event, BreakerTransition) and event.new is BreakerState.OPEN:
+            self.events.write("tripped", guard=event.guard, breaker=event.breaker)
 
 
 class Bot:
     """One guard: a venue that is healthy until :meth:`trip`."""
 
-    def __init__(self, name: str, hooks: Sequence[NoopHooks]) -> None:
+    def __init__(self, name: str, hooks: Sequence[Hooks]) -> None:
         self.name = name
         self.venue_down = False
         self.venue = ScriptedVenue(self._plan, name="venue")

@@ -54,9 +54,9 @@ from exitguard import (
     TxStatus,
 )
 from exitguard.errors import HaltStoreError
+from exitguard.events import AttemptReport, AttemptResult, ExitInfo, event_name
 from exitguard.faults import FaultSource
 from exitguard.halt import FileHaltStore, HaltSnapshot
-from exitguard.hooks import AttemptReport, AttemptResult, NoopHooks
 from exitguard.state_machine import is_valid_path
 from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual, unchecked_fill
 from exitguard.venue import ExitOrder
@@ -245,39 +245,23 @@ class HookBroke(Exception):
 
 
 class RaisingObserver:
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def fail(*args: object) -> None:
-            raise HookBroke(name)
-
-        return fail
+    def __call__(self, event: object) -> None:
+        raise HookBroke(event_name(type(event)))
 
 
-class RaisingHooks(NoopHooks):
-    """Every method raises (exit_started too, after handing back a raising observer)."""
+class RaisingHooks:
+    """Raises at every event (at every other exit's start only after handing back a raising
+    observer)."""
 
     def __init__(self) -> None:
         self.observers = 0
 
-    def exit_started(self, exit: Any) -> Any:
-        self.observers += 1
-        if self.observers % 2:  # every other exit: the observer is there but raises
-            return RaisingObserver()
-        raise HookBroke("exit_started")
-
-    def pending_resolved(self, *args: object) -> None:
-        raise HookBroke("pending_resolved")
-
-    def late_fill(self, *args: object) -> None:
-        raise HookBroke("late_fill")
-
-    def breaker_transition(self, *args: object) -> None:
-        raise HookBroke("breaker_transition")
-
-    def halted(self, *args: object) -> None:
-        raise HookBroke("halted")
-
-    def resumed(self, *args: object) -> None:
-        raise HookBroke("resumed")
+    def __call__(self, event: object) -> Any:
+        if isinstance(event, ExitInfo):
+            self.observers += 1
+            if self.observers % 2:  # every other exit: the observer is there but raises
+                return RaisingObserver()
+        raise HookBroke(event_name(type(event)))
 
 
 def _hook_scenario(extra: Sequence[Hooks]) -> tuple[list[ExitOutcome], RecordingHooks,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from exitguard import (
     TxExpired,
 )
 from exitguard.breaker import BreakerState
-from exitguard.hooks import AttemptReport, AttemptResult, NoopHooks
+from exitguard.events import AttemptReport, AttemptResult, ExitInfo
 from exitguard.state_machine import ExitState, is_valid_path
 from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual
 
@@ -343,27 +343,19 @@ def test_half_open_probe_success_closes_the_breaker() -> None:
     assert state is BreakerState.CLOSED
 
 
-class ExplodingHooks(NoopHooks):
-    """Raises from every hook method and from every observer method."""
+class ExplodingHooks:
+    """Raises at every event but an exit's start, where it answers with an observer that
+    raises at every event."""
 
-    def __getattribute__(self, name: str) -> Any:
-        if name.startswith("_"):
-            return object.__getattribute__(self, name)
-
-        def boom(*args: Any) -> Any:
-            raise RuntimeError(f"hook {name} exploded")
-
-        if name == "exit_started":
-            return lambda *args: ExplodingObserver()
-        return boom
+    def __call__(self, event: object) -> Any:
+        if isinstance(event, ExitInfo):
+            return ExplodingObserver()
+        raise RuntimeError(f"hook exploded at {type(event).__name__}")
 
 
 class ExplodingObserver:
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def boom(*args: Any) -> None:
-            raise RuntimeError(f"observer {name} exploded")
-
-        return boom
+    def __call__(self, event: object) -> None:
+        raise RuntimeError(f"observer exploded at {type(event).__name__}")
 
 
 def _plans() -> list[TxPlan]:

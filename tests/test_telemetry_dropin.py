@@ -16,12 +16,12 @@ from structlog.testing import capture_logs
 
 from exitguard import ExitGuard, ExitStatus, Fill, Position, RpcTimeout
 from exitguard import catalogue as cat
-from exitguard.hooks import NoopHooks
+from exitguard.events import ExitInfo
+from exitguard.hooks import SafeHooks
 from exitguard.state_machine import is_valid_path
 from exitguard.telemetry import (
     LogHooks,
     PrometheusHooks,
-    TelemetryHooks,
     TracingHooks,
     current_exit,
     hooks,
@@ -79,14 +79,14 @@ def test_instrument_attaches_in_the_right_order(kit: Kit) -> None:
     guard = ExitGuard(ScriptedVenue(), name="bot")
     inst = instrument(guard, registry=kit.registry, tracer_provider=kit.provider)
     assert guard.hooks is not None
-    (attached,) = guard.hooks.hooks
-    assert attached is inst.hooks
-    assert [type(p) for p in inst.hooks.parts] == [TracingHooks, PrometheusHooks, LogHooks]
+    # One fan-out: the telemetry hooks are the guard's own, in call order.
+    assert guard.hooks.hooks == inst.hooks.hooks
+    assert [type(p) for p in inst.hooks.hooks] == [TracingHooks, PrometheusHooks, LogHooks]
     assert inst.prometheus is not None
     assert inst.prometheus.registry is kit.registry
     only_metrics = instrument(ExitGuard(ScriptedVenue()), traces=False, logs=False,
                               registry=CollectorRegistry())
-    assert [type(p) for p in only_metrics.hooks.parts] == [PrometheusHooks]
+    assert [type(p) for p in only_metrics.hooks.hooks] == [PrometheusHooks]
     assert only_metrics.tracing is None
     assert only_metrics.logs is None
     nothing = ExitGuard(ScriptedVenue())
@@ -106,13 +106,14 @@ def test_hooks_at_construction_match_instrument(kit: Kit) -> None:
 
 
 def test_a_raising_part_is_isolated(kit: Kit) -> None:
-    class Broken(NoopHooks):
-        def exit_started(self, exit: Any) -> Any:
-            raise RuntimeError("boom")
+    class Broken:
+        def __call__(self, event: Any) -> Any:
+            if isinstance(event, ExitInfo):
+                raise RuntimeError("boom")
 
     async def main() -> bool:
         guard = ExitGuard(ScriptedVenue([TxPlan()]), name="bot",
-                          hooks=TelemetryHooks(Broken(), PrometheusHooks(kit.registry)))
+                          hooks=SafeHooks(Broken(), PrometheusHooks(kit.registry)))
         return (await guard.exit(POSITION, signal_price=95.0)).ok
 
     assert run_virtual(main())

@@ -302,12 +302,12 @@ def test_stdlib_levels_are_honoured() -> None:
 def test_logger_above_error_costs_no_observer() -> None:
     configure_logging(level="CRITICAL", stream=io.StringIO())
     hooks = LogHooks()
-    from exitguard.hooks import ExitInfo
+    from exitguard.events import ExitInfo
 
     info = ExitInfo("bot", POSITION, 95.0, "x", 30.0, 0.0, 0.0)
-    assert hooks.exit_started(info) is None
+    assert hooks(info) is None
     configure_logging(level="INFO", stream=io.StringIO())
-    assert hooks.exit_started(info) is not None
+    assert hooks(info) is not None
 
 
 def test_add_trace_context_for_the_bots_own_events() -> None:

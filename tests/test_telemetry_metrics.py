@@ -36,13 +36,13 @@ from exitguard import (
     TradingHalt,
 )
 from exitguard import catalogue as cat
+from exitguard.events import ExitInfo
 from exitguard.faults import FaultSource
-from exitguard.hooks import NoopHooks
+from exitguard.hooks import SafeHooks
 from exitguard.telemetry import (
     REGISTERED_METRICS,
     MetricsServer,
     PrometheusHooks,
-    TelemetryHooks,
     instrument,
     serve_metrics,
 )
@@ -526,16 +526,19 @@ class _LookupDown(ScriptedVenue):
         raise ConnectionResetError("rpc down")
 
 
-class _BrokenPart(NoopHooks):
-    """A telemetry part that raises inside ``TelemetryHooks`` (which isolates it)."""
+class _BrokenPart:
+    """A hook that raises at an exit's start, added inside a ``SafeHooks`` (which is
+    flattened into the guard's: counted once, like any hook)."""
 
-    def exit_started(self, exit: Any) -> None:
-        raise RuntimeError("broken part")
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, ExitInfo):
+            raise RuntimeError("broken part")
 
 
-class _BrokenHook(NoopHooks):
-    def exit_started(self, exit: Any) -> None:
-        raise RuntimeError("broken hook")
+class _BrokenHook:
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, ExitInfo):
+            raise RuntimeError("broken hook")
 
 
 def test_absorbed_faults_are_counted_once_each_and_scraped(
@@ -554,7 +557,7 @@ def test_absorbed_faults_are_counted_once_each_and_scraped(
         zero = scrape(server)
         for source in FaultSource:  # every component's series exists from the start
             assert key(cat.FAULTS.name, guard="bot", component=source.value) in zero.values
-        guard.add_hooks(TelemetryHooks(_BrokenPart()))
+        guard.add_hooks(SafeHooks(_BrokenPart()))
         await guard.exit(POSITION, signal_price=95.0, reason="stop_loss")
         await guard.exit(Position("pos-2", "SOL", 1.0, 100.0), signal_price=95.0)
         await guard.drain()

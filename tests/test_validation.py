@@ -8,10 +8,10 @@ import math
 from collections.abc import Callable
 
 import pytest
+from exitguard.alerting.rules import Thresholds
 
 from exitguard import CircuitBreaker, ConfigError, RetryPolicy
 from exitguard._validate import at_least, fraction, non_negative, number, positive, whole
-from exitguard.alerting.rules import Thresholds
 from exitguard.deadline import ExitDeadline
 from exitguard.sim import Conditions, MarketSpec, VenueSpec
 from exitguard.tracker import ExitAttemptTracker

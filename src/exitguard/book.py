@@ -19,23 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from . import logline
 from .calls import VenueCalls
 from .errors import ErrorClass
 from .faults import FaultCounts, FaultSource
 from .hooks import ExitInfo, SafeHooks
 from .ledger import DUST, check_fill, describe_error
 from .pending import PendingRecord, PendingStore, SoldRecord
+from .redaction import get_logger
 from .venue import Fill, Lookup, Submission, TxStatus, Venue
 
 __all__ = ["Pending", "PositionBook", "PositionEntry"]
 
-_log = logging.getLogger("exitguard.guard")
+_log = get_logger("exitguard.guard")
 
 
 @dataclass(slots=True)
@@ -341,11 +342,13 @@ class PositionBook:
         if lookup.status is TxStatus.LANDED and lookup.fill is not None:
             fill = lookup.fill
             self.count(entry, pending, fill)
-            _log.error("late fill: %s of position %s landed after its exit ended (%g @ %g)",
-                       tx_id, entry.position_id, fill.size, fill.price)
             self.late_fills.append((pending.info, fill))
-            if hooks is not None:
-                hooks.late_fill(pending.info, fill)
+            with logline.hearing() as heard:  # one event, one line
+                if hooks is not None:
+                    hooks.late_fill(pending.info, fill)
+            if not heard.reported:
+                _log.error("late fill: %s of position %s landed after its exit ended"
+                           " (%g @ %g)", tx_id, entry.position_id, fill.size, fill.price)
         else:
             self.untrack(entry, tx_id)
         if hooks is not None and pending.reported:

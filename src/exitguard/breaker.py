@@ -11,11 +11,13 @@ a scrape interval is counted. Thread-safe; listeners run outside the lock.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import logline
 from ._validate import fraction, positive, whole
 from .clock import Clock, loop_time
 from .redaction import get_logger
@@ -34,6 +36,9 @@ class BreakerState(enum.StrEnum):
 
 
 _GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+#: The level of a transition's log line (the structured one of exitguard.telemetry too).
+_LEVEL = {BreakerState.CLOSED: logging.INFO, BreakerState.HALF_OPEN: logging.WARNING,
+          BreakerState.OPEN: logging.ERROR}
 
 
 class BreakerAction(enum.Enum):
@@ -149,13 +154,17 @@ class CircuitBreaker:
         if event is None:
             return
         old, new, reason = event
-        log = _log.error if new is BreakerState.OPEN else _log.warning
-        log("circuit breaker %s: %s -> %s (%s)", self.name, old, new, reason)
-        for listener in tuple(self._listeners):
-            try:
-                listener(self.name, old, new, reason)
-            except Exception:
-                _log.exception("circuit breaker listener raised; ignored")
+        # Listeners first: a guard's structured log of this transition (exitguard.logline)
+        # replaces the plain line, written at the same level otherwise.
+        with logline.hearing() as heard:
+            for listener in tuple(self._listeners):
+                try:
+                    listener(self.name, old, new, reason)
+                except Exception:
+                    _log.exception("circuit breaker listener raised; ignored")
+        if not heard.reported:
+            _log.log(_LEVEL[new], "circuit breaker %s: %s -> %s (%s)", self.name, old, new,
+                     reason)
 
     def allow(self) -> Permit | None:
         """Let an exit through (returning a permit) or refuse it (None) without waiting."""

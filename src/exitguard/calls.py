@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import InvalidVenueResponse
 from .faults import FaultCounts, FaultSource
+from .redaction import get_logger
 
 __all__ = ["CallTimeout", "VenueCalls"]
 
-_log = logging.getLogger("exitguard.guard")
+_log = get_logger("exitguard.guard")
 _T = TypeVar("_T")
 
 

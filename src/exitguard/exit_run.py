@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from typing import TYPE_CHECKING, Any
 
 from .book import Pending, PositionEntry
@@ -32,6 +31,7 @@ from .faults import FaultSource
 from .hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, SafeObserver
 from .ledger import ExitLedger, describe_error, is_number
 from .outcome import ExitOutcome, ExitStatus
+from .redaction import get_logger
 from .state_machine import ExitState, ExitStateMachine
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TwoPhaseVenue, TxStatus, Venue
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ExitRun"]
 
-_log = logging.getLogger("exitguard.guard")
+_log = get_logger("exitguard.guard")
 
 #: Errors after which a *sent* transaction certainly did not land.
 DID_NOT_LAND = frozenset(

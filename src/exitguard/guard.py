@@ -18,7 +18,6 @@ may still land. One exit's steps live in ``exit_run.py``; the rules it keeps:
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -36,10 +35,11 @@ from .ledger import describe_error, is_number
 from .outcome import ExitOutcome, ExitStatus
 from .pending import PendingStore
 from .policy import EscalationLadder, RetryPolicy
+from .redaction import get_logger
 from .state_machine import TransitionRecord
 from .venue import Fill, Position, Venue
 
-_log = logging.getLogger("exitguard.guard")
+_log = get_logger("exitguard.guard")
 
 #: The shortest reconcile interval accepted: faster only multiplies look-ups.
 MIN_RECONCILE_INTERVAL = 0.01

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import logline
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, TradingHalted
 from .filestore import atomic_write_json
@@ -189,8 +190,10 @@ class TradingHalt:
             self._halted, self._reason = True, reason
             self._history.append(record)
             self._persist()
-        _log.error("TRADING HALTED (reduce-only: exits continue): %s", reason)
-        self._notify(self._halt_listeners, record)
+        with logline.hearing() as heard:  # a structured log of the halt replaces the line
+            self._notify(self._halt_listeners, record)
+        if not heard.reported:
+            _log.critical("TRADING HALTED (reduce-only: exits continue): %s", reason)
         return True
 
     def resume(self, approver: str, reason: str) -> HaltRecord:
@@ -208,8 +211,10 @@ class TradingHalt:
             self._halted, self._reason = False, ""
             self._history.append(record)
             self._persist()
-        _log.warning("trading resumed by %s: %s", approver, reason)
-        self._notify(self._resume_listeners, record)
+        with logline.hearing() as heard:
+            self._notify(self._resume_listeners, record)
+        if not heard.reported:
+            _log.warning("trading resumed by %s: %s", approver, reason)
         return record
 
     def _persist(self) -> None:

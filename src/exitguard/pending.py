@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import math
 import os
 import threading
@@ -29,9 +28,10 @@ from typing import Any, Protocol
 
 from .errors import ErrorClass, ExitError
 from .filestore import atomic_write_json
+from .redaction import get_logger
 from .venue import ExitOrder, OrderMode, Position, Side
 
-_log = logging.getLogger("exitguard.pending")
+_log = get_logger("exitguard.pending")
 
 
 class PendingStoreError(ExitError):

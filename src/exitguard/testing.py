@@ -4,23 +4,20 @@
 whose every submission follows a ``TxPlan`` (send failure, slow or hanging confirmation,
 late landing, expiry, partial fill) and which keeps the ground truth, so a test can assert
 what was really sold and that nothing was sent while an earlier order could still land.
-``RecordingHooks`` captures every hook event in order.
+``RecordingHooks`` captures every hook event in order, as (name, payload) pairs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .breaker import BreakerState
-from .errors import ErrorClass, TxExpired
-from .halt import HaltRecord
-from .hooks import AttemptInfo, AttemptReport, ExitInfo, NoopHooks
-from .outcome import ExitOutcome
-from .state_machine import TransitionRecord
+from .errors import TxExpired
+from .events import Event, ExitEvent, HookEvent, event_name
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
 from .vtime import VirtualTimeLoop, run_virtual
 
@@ -229,58 +226,30 @@ class ScriptedVenue:
         return [tx for tx in self.sent if tx.order.position.id == position_id]
 
 
+def event_payload(event: object) -> Any:
+    """What ``RecordingHooks`` keeps of an event: the core's records as they are; of an
+    ``Event``, its fields but the guard and the exit (one field: itself; several: a tuple)."""
+    if not isinstance(event, Event):
+        return event
+    values = tuple(getattr(event, f.name) for f in dataclasses.fields(event)  # type: ignore[arg-type]
+                   if f.name not in ("exit", "guard"))
+    return values[0] if len(values) == 1 else values
+
+
 @dataclass
-class RecordingHooks(NoopHooks):
-    """Records every hook event as (event name, payload) tuples, in order."""
+class RecordingHooks:
+    """A hook recording every event, in order, as (``events.event_name``, payload) pairs:
+    ``("exit_started", ExitInfo)``, ``("late_fill", Fill)``, ``("retry", (error_class,
+    next_attempt))``, ``("exit_finished", ExitOutcome)``, ... (see ``event_payload``)."""
 
     events: list[tuple[str, Any]] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.events]
 
-    def exit_started(self, exit: ExitInfo) -> _RecordingObserver:
-        self.events.append(("exit_started", exit))
-        return _RecordingObserver(self.events)
+    def record(self, event: ExitEvent | HookEvent) -> None:
+        self.events.append((event_name(type(event)), event_payload(event)))
 
-    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
-        self.events.append(("pending_resolved", (tx_id, status)))
-
-    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
-        self.events.append(("late_fill", fill))
-
-    def breaker_transition(
-        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
-    ) -> None:
-        self.events.append(("breaker_transition", (breaker, old, new)))
-
-    def halted(self, guard: str, record: HaltRecord) -> None:
-        self.events.append(("halted", record))
-
-    def resumed(self, guard: str, record: HaltRecord) -> None:
-        self.events.append(("resumed", record))
-
-
-@dataclass
-class _RecordingObserver:
-    events: list[tuple[str, Any]]
-
-    def attempt_started(self, attempt: AttemptInfo) -> None:
-        self.events.append(("attempt_started", attempt))
-
-    def attempt_finished(self, report: AttemptReport) -> None:
-        self.events.append(("attempt_finished", report))
-
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        self.events.append(("retry", (error_class, next_attempt)))
-
-    def backoff(self, delay_s: float) -> None:
-        self.events.append(("backoff", delay_s))
-
-    def transition(self, record: TransitionRecord) -> None:
-        self.events.append(("transition", record))
-
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        self.events.append(("reconciled", (tx_id, status)))
-
-    def exit_finished(self, outcome: ExitOutcome) -> None:
-        self.events.append(("exit_finished", outcome))
+    def __call__(self, event: HookEvent) -> Callable[[ExitEvent], None]:
+        self.record(event)
+        return self.record  # also each exit's observer

@@ -42,7 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
 from exitguard._validate import non_negative, positive
-from exitguard.hooks import ExitInfo, NoopHooks
+from exitguard.events import BreakerTransition, ExitInfo, Halted, HookEvent
 from exitguard.redaction import RedactingFilter, get_logger, redact
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
@@ -326,8 +326,8 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class Pager(NoopHooks):
-    """Hooks that page on a breaker trip and on a halt, through apprise.
+class Pager:
+    """A hook that pages on a breaker trip and on a halt, through apprise.
 
     ``urls`` are apprise URLs (``slack://...``, ``discord://...``, ``json://...``); with none,
     the pager does nothing. ``min_interval`` is the rate limit per (guard, kind) in seconds;
@@ -440,7 +440,15 @@ class Pager(NoopHooks):
             f" timeout={self.timeout}, closed={self._closed})"
         )
 
-    # --- hooks (called by the core; must return at once and never raise) ---------------------
+    # --- the hook (called by the core; must return at once and never raise) -----------------
+
+    def __call__(self, event: HookEvent) -> None:
+        if isinstance(event, ExitInfo):
+            self.exit_started(event)
+        elif isinstance(event, BreakerTransition):
+            self.breaker_transition(event.guard, event.breaker, event.old, event.new)
+        elif isinstance(event, Halted):
+            self.halted(event.guard, event.record)
 
     def exit_started(self, exit: ExitInfo) -> None:
         """On a guard's first exit, start its page counters at 0 for every channel and result,

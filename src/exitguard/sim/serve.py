@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import random
 import signal
@@ -310,7 +309,9 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
                 ready: Callable[[str], None] | None = None) -> int:
     """Run the demo bot until SIGINT/SIGTERM (or ``options.duration``); 0 when it stopped."""
     out = out or sys.stderr
-    configure_logging(json=True, level="INFO")
+    # Everything on ``out`` is one JSON object per line: exitguard's events, the banners
+    # below, and other libraries' records (the OpenTelemetry SDK's).
+    configure_logging(json=True, level="INFO", stream=out)
     try:
         server = serve_metrics(port=options.port, addr=options.bind)
     except OSError as exc:
@@ -327,8 +328,9 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
     with tempfile.TemporaryDirectory(prefix="exitguard-demo-") as tmp:
         try:
             if options.otlp_endpoint:
+                # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win over the demo's name.
                 provider = configure_tracing(options.otlp_endpoint,
-                                             service_name="exitguard-demo")
+                                             default_service_name="exitguard-demo")
             demo = build_demo(options, halt_dir=Path(tmp))
             instrument(demo.guard, metrics=True, traces=provider is not None,
                        logs=True, tracer_provider=provider)
@@ -339,13 +341,14 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
             runner = loop.create_task(demo.run())
             url = str(server.url)
             traces = f"; traces to {options.otlp_endpoint}" if options.otlp_endpoint else ""
-            print(f"exitguard {options.mode} --serve: metrics on {url}{traces}; "
-                  "Ctrl-C to stop", file=out, flush=True)
+            _log.info("exitguard %s --serve: metrics on %s%s; Ctrl-C to stop", options.mode,
+                      url, traces)
             if ready is not None:
                 ready(url)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), options.duration)
-            print("exitguard: stopping", file=out, flush=True)
+            _log.info("exitguard: stopping; exits in flight are cancelled (each logged once,"
+                      " at warning)")
         finally:
             if runner is not None:
                 runner.cancel()

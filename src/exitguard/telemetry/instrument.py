@@ -71,7 +71,6 @@ from ..hooks import (
 from ..outcome import ExitOutcome, ExitStatus, exit_figures
 from ..state_machine import ALLOWED, ExitState, ExitStateMachine
 from ..venue import ExitOrder, Fill, OrderMode, Position, Side, TxStatus
-from ._fanout import TelemetryHooks
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -101,10 +100,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Instrumentation:
-    """What ``instrument`` attached: one ``TelemetryHooks`` whose ``parts`` run in call
-    order (traces, metrics, logs), and each part (None when not chosen)."""
+    """What ``instrument`` attached: the chosen hooks as one ``SafeHooks``, in call order
+    (traces, metrics, logs), and each of them (None when not chosen)."""
 
-    hooks: TelemetryHooks
+    hooks: SafeHooks
     prometheus: PrometheusHooks | None
     tracing: TracingHooks | None
     logs: LogHooks | None
@@ -127,11 +126,11 @@ def _build(
         from .logs import LogHooks
 
         log_hooks = LogHooks(logger)
-    # Traces first: SafeHooks calls exit_started/attempt_started in order (the span is
-    # current when the others observe) and the *_finished events in reverse order (the span
-    # is still current while metrics read its trace id for the exemplar and logs their ids).
+    # Traces first: SafeHooks delivers events in order (the span is current when the others
+    # observe) and ending events in reverse order (the span is still current while metrics
+    # read its trace id for the exemplar and logs their ids).
     chosen = [h for h in (tracing_hooks, prometheus_hooks, log_hooks) if h is not None]
-    return Instrumentation(TelemetryHooks(*chosen), prometheus_hooks, tracing_hooks, log_hooks)
+    return Instrumentation(SafeHooks(*chosen), prometheus_hooks, tracing_hooks, log_hooks)
 
 
 def make_hooks(
@@ -142,8 +141,8 @@ def make_hooks(
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
     logger: Any = None,
-) -> TelemetryHooks:
-    """The telemetry hooks, as one hook object, for ``ExitGuard(venue, hooks=...)``.
+) -> SafeHooks:
+    """The telemetry hooks, as one ``SafeHooks``, for ``ExitGuard(venue, hooks=...)``.
 
     Exported as ``exitguard.telemetry.hooks``. ``registry``: Prometheus registry (default
     the global one); ``tracer_provider``: OpenTelemetry provider (default the global one);
@@ -168,7 +167,7 @@ def instrument(
     dashboard or an alert sees them before the first exit.
     """
     built = _build(metrics, traces, logs, registry, tracer_provider, logger)
-    if built.hooks.parts:
+    if built.hooks.hooks:
         guard.add_hooks(built.hooks)
     if built.prometheus is not None:
         built.prometheus.watch(guard)
@@ -756,7 +755,12 @@ def track_exit(
         )
     elif not isinstance(position, Position):
         raise TypeError(f"position must be an exitguard.Position, got {type(position)!r}")
-    safe = as_safe_hooks(hooks) if hooks is not None else default_hooks()
+    if hooks is None:
+        safe: SafeHooks | None = default_hooks()
+    elif isinstance(hooks, SafeHooks):  # kept: its failures are logged once across exits
+        safe = hooks
+    else:
+        safe = as_safe_hooks(hooks)
     return TrackedExit(
         position, signal_price=signal, guard=guard_name, reason=str(reason),
         deadline_s=_number("deadline", deadline), venue=venue,
