@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from _alerting_helpers import ALERTS, RUNBOOKS, github_anchors
-from _servers import require_binary, run_tool
 from exitguard import catalogue
 from exitguard.alerting import rules
 from exitguard.alerting.rules import RUNBOOK_BASE_URL, Thresholds
+from tests.support.alerting import ALERTS, RUNBOOKS, github_anchors
+from tests.support.servers import require_binary, run_tool
 
 RULES_FILE = ALERTS / "exitguard.rules.yml"
 PROMTOOL_TESTS = sorted((ALERTS / "tests").glob("*.yml"))

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from _alerting_helpers import ALERTS, TEMPLATES, supports_discord_url_file
-from _servers import (
+from exitguard.alerting import rules
+from exitguard.alerting.rules import CRITICAL_RECEIVER, WARNING_RECEIVER, RouteTimings
+from tests.support.alerting import ALERTS, TEMPLATES, supports_discord_url_file
+from tests.support.servers import (
     ALERTMANAGER_BINARIES,
     WebhookSink,
     alertmanager,
@@ -27,8 +29,6 @@ from _servers import (
     run_tool,
     webhook_sink,
 )
-from exitguard.alerting import rules
-from exitguard.alerting.rules import CRITICAL_RECEIVER, WARNING_RECEIVER, RouteTimings
 
 CONFIG = ALERTS / "alertmanager.yml"
 BREAKER_RUNBOOK = (

@@ -15,8 +15,8 @@ import yaml
 
 from exitguard import catalogue as cat
 from exitguard import dashboards as dash
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "dashboards"
 METRIC_TOKEN = re.compile(r"\bexitguard_[A-Za-z0-9_:]*")
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.*),\s*(?P<label>\w+)\)$")

@@ -19,14 +19,14 @@ from apprise.plugins.discord import NotifyDiscord
 from apprise.plugins.slack import NotifySlack
 from prometheus_client import CollectorRegistry, generate_latest
 
-from _alerting_helpers import RUNBOOKS, github_anchors
-from _servers import WebhookSink, webhook_sink
 from exitguard import catalogue
 from exitguard.alerting import pager as pager_module
 from exitguard.alerting.pager import Pager, parse_urls
 from exitguard.breaker import BreakerState
 from exitguard.halt import HaltRecord
 from exitguard.hooks import SafeHooks
+from tests.support.alerting import RUNBOOKS, github_anchors
+from tests.support.servers import WebhookSink, webhook_sink
 
 SLACK_SECRET = "SlackS3cretTok3nXYZ"
 DISCORD_SECRET = "DiscordS3cretTok3n-abc"

@@ -18,8 +18,7 @@ import pytest
 
 from exitguard.cli import main
 from exitguard.halt import TradingHalt
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -417,8 +416,8 @@ def test_alerts_module_failing_to_import(capsys: pytest.CaptureFixture[str],
 
 def test_the_committed_files_are_up_to_date(capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)
-    if not (ROOT / "alerts" / "exitguard.rules.yml").is_file():
+    monkeypatch.chdir(REPO)
+    if not (REPO / "alerts" / "exitguard.rules.yml").is_file():
         pytest.skip("no committed rule file in this checkout")
     assert run(capsys, "alerts", "check")[0] == 0
 
@@ -429,7 +428,7 @@ def test_the_committed_files_are_up_to_date(capsys: pytest.CaptureFixture[str],
 def _start_serve(*extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "exitguard", *extra], stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.DEVNULL, text=True, cwd=REPO,
         env={k: v for k, v in os.environ.items() if not k.startswith("EXITGUARD_PAGER")},
     )
     assert proc.stderr is not None
@@ -518,7 +517,7 @@ def test_serve_on_an_address_that_cannot_be_bound_exits_2(tmp_path: Path) -> Non
 
 
 def test_serve_exports_traces_to_the_otlp_endpoint(serving: list[subprocess.Popen[str]]) -> None:
-    from _otlp_receiver import OtlpReceiver
+    from tests.support.otlp_receiver import OtlpReceiver
 
     with OtlpReceiver() as receiver:
         proc, _ = _start_serve("demo", "--serve", "--port", "0", "--otlp-endpoint",

@@ -981,9 +981,9 @@ def test_hanging_or_failing_webhooks_never_delay_an_exit_and_count_each_page_onc
     from apprise.plugins.slack import NotifySlack
     from prometheus_client import CollectorRegistry
 
-    from _alerting_helpers import WebhookSink
     from exitguard import catalogue
     from exitguard.alerting.pager import Pager
+    from tests.support.alerting import WebhookSink
 
     registry = CollectorRegistry()
     with WebhookSink() as sink:

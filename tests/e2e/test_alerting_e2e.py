@@ -1,12 +1,12 @@
 """End to end, with the real servers: a breaker trip in a real exitguard process pages Slack
 and Discord twice over, through Prometheus and Alertmanager, and through the in-process pager.
 
-The chain under test: ``tests/e2e_bot.py`` (an ExitGuard over a ScriptedVenue whose venue goes
-down on command, ``exitguard.telemetry`` metrics on /metrics, the apprise ``Pager``) -> a real
-Prometheus scraping it and evaluating ``alerts/exitguard.rules.yml`` every second -> a real
-Alertmanager with the project's generated config (``RouteTimings.fast()``) -> a local sink
-standing in for Slack and Discord. The pager's real Slack and Discord plugins post to the same
-sink (their endpoint overridden). Missing server binaries skip the test, or fail it in CI.
+The chain under test: ``tests/support/e2e_bot.py`` (an ExitGuard over a ScriptedVenue whose
+venue goes down on command, ``exitguard.telemetry`` metrics on /metrics, the apprise ``Pager``)
+-> a real Prometheus scraping it and evaluating ``alerts/exitguard.rules.yml`` every second ->
+a real Alertmanager with the project's generated config (``RouteTimings.fast()``) -> a local
+sink standing in for Slack and Discord. The pager's real Slack and Discord plugins post to the
+same sink (their endpoint overridden). Missing server binaries skip the test, or fail it in CI.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from _alerting_helpers import (
+from exitguard.alerting.rules import all_rules
+from tests.support.alerting import (
     AM_DISCORD,
     AM_SLACK,
     PAGER_DISCORD_BASE,
@@ -23,8 +24,7 @@ from _alerting_helpers import (
     AlertingStack,
     alerting_stack,
 )
-from _servers import Received
-from exitguard.alerting.rules import all_rules
+from tests.support.servers import Received
 
 GUARD = "e2e-bot"
 ALERT = "ExitguardCircuitBreakerTripped"

@@ -15,18 +15,25 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from _otlp_receiver import OtlpReceiver
-from _servers import Prometheus, free_port, http_get, prometheus, running, wait_until, webhook_sink
 from exitguard import catalogue
 from exitguard.dashboards import build_dashboards, dashboard_queries, substitute_variables
+from tests.support import REPO
+from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.servers import (
+    Prometheus,
+    free_port,
+    http_get,
+    prometheus,
+    running,
+    wait_until,
+    webhook_sink,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 #: With a 1 s scrape interval, a 30 s window holds enough samples for rate().
 VALUES = {"__rate_interval": "30s", "__interval": "5s", "__range": "10m"}
 

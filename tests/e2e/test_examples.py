@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+from tests.support import REPO
+
+EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 EXPECTED = {
     "guarded_exit.py": "status=closed",
     "retry_executor.py": "gave up: max attempts (3) reached",

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from exitguard import dashboards as dash
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "stack"
 SERVICES = {"bot", "prometheus", "alertmanager", "grafana", "otel-collector", "tempo"}
 STATEFUL = {"prometheus": "/prometheus", "alertmanager": "/alertmanager",

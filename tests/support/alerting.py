@@ -3,7 +3,7 @@ benchmark. The servers themselves (Prometheus, Alertmanager, the webhook sink, b
 ports) come from :mod:`_servers`, the test-suite's one set of server helpers.
 
 * :data:`ALERTS`, :data:`RUNBOOKS`, :func:`github_anchors`: the alert files and runbook links;
-* :func:`alerting_stack`: a real exitguard process (``tests/e2e_bot.py``) scraped by a real
+* :func:`alerting_stack`: a real exitguard process (``tests/support/e2e_bot.py``) scraped by a real
   Prometheus evaluating ``alerts/exitguard.rules.yml`` every second, a real Alertmanager with
   the project's generated config (fast timings), and a sink standing in for Slack and Discord,
   both for Alertmanager and for the bot's in-process pager.
@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _servers import (
+from exitguard.alerting.rules import (
+    DISCORD_URL_FILE_MIN_VERSION,
+    RouteTimings,
+    write_alertmanager_config,
+)
+from tests.support.servers import (
     ALERTMANAGER_BINARIES,
     Alertmanager,
     Process,
@@ -35,11 +40,6 @@ from _servers import (
     running,
     wait_until,
     webhook_sink,
-)
-from exitguard.alerting.rules import (
-    DISCORD_URL_FILE_MIN_VERSION,
-    RouteTimings,
-    write_alertmanager_config,
 )
 
 __all__ = [
@@ -55,7 +55,8 @@ __all__ = [
     "supports_discord_url_file",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
+
 ALERTS = REPO / "alerts"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 TEMPLATES = ALERTS / "templates" / "exitguard.tmpl"

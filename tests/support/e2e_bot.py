@@ -1,6 +1,7 @@
 """A real exitguard process, for the end-to-end alerting test and the alert latency benchmark.
 
-    python tests/e2e_bot.py --port 9464 --events events.jsonl --guard e2e [--guard e2e-2...] \\
+    python tests/support/e2e_bot.py --port 9464 --events events.jsonl \\
+        --guard e2e [--guard e2e-2...] \\
         --pager-url slack://T0/B0/TOKEN --pager-url discord://ID/TOKEN \\
         [--slack-endpoint http://127.0.0.1:P/pager/slack] \\
         [--discord-endpoint http://127.0.0.1:P/pager/discord]

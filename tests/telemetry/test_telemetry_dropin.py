@@ -30,6 +30,7 @@ from exitguard.telemetry import (
     track_exit,
 )
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
+from tests.support import REPO
 
 POSITION = Position("pos-9", "SOL", 10.0, 100.0)
 
@@ -323,9 +324,8 @@ def test_the_documented_drop_in_example_runs() -> None:
     import re
     import subprocess
     import sys
-    from pathlib import Path
 
-    doc = Path(__file__).parent.parent / "docs" / "instrumentation.md"
+    doc = REPO / "docs" / "instrumentation.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
     example = next(b for b in blocks if "track_exit" in b and "asyncio.run" in b)
     done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,

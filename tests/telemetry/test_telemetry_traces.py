@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from _otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan
 from exitguard import (
     ExitGuard,
     ExitOutcome,
@@ -25,6 +24,7 @@ from exitguard import (
 )
 from exitguard.telemetry import configure_tracing, instrument, shutdown_tracing
 from exitguard.testing import ScriptedVenue, TxPlan
+from tests.support.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan
 
 POSITION = Position("pos-7", "SOL", 10.0, 100.0)
 
