@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.support.servers import (
     alertmanager,
     require_binary,
     run_tool,
-    webhook_sink,
 )
 
 CONFIG = ALERTS / "alertmanager.yml"
@@ -204,12 +202,6 @@ def test_amtool_routes(checked_config: Path, labels: dict[str, str], receiver: s
 
 
 # --- a real Alertmanager ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def sink() -> Iterator[WebhookSink]:
-    with webhook_sink() as server:
-        yield server
 
 
 def _alert(name: str, severity: str, guard: str, **extra: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from exitguard.breaker import BreakerState
 from exitguard.halt import HaltRecord
 from exitguard.hooks import SafeHooks
 from tests.support.alerting import RUNBOOKS, github_anchors
-from tests.support.servers import WebhookSink, webhook_sink
+from tests.support.servers import WebhookSink
 
 SLACK_SECRET = "SlackS3cretTok3nXYZ"
 DISCORD_SECRET = "DiscordS3cretTok3n-abc"
@@ -37,12 +37,6 @@ CLOSED, HALF_OPEN, OPEN = BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerSt
 
 
 @pytest.fixture
-def sink() -> Iterator[WebhookSink]:
-    with webhook_sink() as server:
-        yield server
-
-
-@pytest.fixture
 def services(sink: WebhookSink, monkeypatch: pytest.MonkeyPatch) -> WebhookSink:
     """Slack and Discord (as apprise knows them) now live on the local sink."""
     monkeypatch.setattr(NotifySlack, "webhook_url", sink.url("/slack"))
@@ -50,11 +44,6 @@ def services(sink: WebhookSink, monkeypatch: pytest.MonkeyPatch) -> WebhookSink:
     monkeypatch.setattr(NotifySlack, "request_rate_per_sec", 0)
     monkeypatch.setattr(NotifyDiscord, "notify_url", sink.url("/discord"))
     return sink
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 @pytest.fixture

@@ -19,21 +19,11 @@ from exitguard import (
     ExitCircuitBreaker,
 )
 from exitguard.breaker import Permit
+from exitguard.testing import FakeClock
 from exitguard.vtime import run_virtual
 
 CLOSED, HALF_OPEN, OPEN = BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerState.OPEN
 Event = tuple[str, BreakerState, BreakerState, str]
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def listening(breaker: CircuitBreaker) -> list[Event]:

@@ -19,18 +19,8 @@ from exitguard import (
     RpcTimeout,
     TimeoutDetector,
 )
+from exitguard.testing import FakeClock
 from exitguard.vtime import run_virtual
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_seed_names_are_aliases() -> None:

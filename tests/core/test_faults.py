@@ -1,10 +1,10 @@
-"""Fault injection: whatever breaks around an exit, the exit still behaves.
+"""Fault injection in the core: whatever breaks around an exit, the exit still behaves.
 
 Faults: a hook that raises; a venue that raises unexpected exception types or answers
 garbage (negative fill, fill larger than the order, NaN price, no transaction id); the exit
-cancelled at every await point; a corrupt or unwritable halt file; a pager whose Slack or
-Discord webhook hangs or answers 500; an OTLP collector that is down or hangs; /metrics
-never scraped.
+cancelled at every await point; a corrupt or unwritable halt file. (A pager whose webhooks
+hang or fail: tests/alerting/test_pager_faults.py; an OTLP collector down or hanging and
+/metrics never scraped: tests/telemetry/test_telemetry_faults.py.)
 
 In every case the same four promises are checked:
 
@@ -16,8 +16,7 @@ In every case the same four promises are checked:
   submission that may still land is in ``pending_tx_ids`` and reconciled in the background;
 * the failure is logged and counted once.
 
-Core faults run in virtual time (``run_virtual``); the pager and telemetry ones on the real
-clock, against real local servers.
+All of them run in virtual time (``run_virtual``).
 """
 
 from __future__ import annotations
@@ -27,10 +26,7 @@ import contextlib
 import errno
 import logging
 import math
-import socket
-import time
-from collections import Counter
-from collections.abc import Callable, Coroutine, Generator, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,114 +55,16 @@ from exitguard.faults import FaultSource
 from exitguard.halt import FileHaltStore, HaltSnapshot
 from exitguard.hooks import AttemptReport, AttemptResult
 from exitguard.state_machine import is_valid_path
-from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual
+from exitguard.testing import FaultyVenue, RecordingHooks, ScriptedVenue, TxPlan, run_virtual
 from exitguard.venue import ExitOrder
+from tests.support.faults import DEADLINE, HANG_FOREVER, POLICY, PRICE
+from tests.support.logs import LogRecords
 
 POSITION = Position("pos-fault", "SOL", 10.0, 100.0)
-DEADLINE = 5.0
-POLICY = RetryPolicy(
-    max_attempts=3, initial_backoff=0.1, max_backoff=0.5, total_timeout=4.0,
-    attempt_timeout=1.0, min_attempt_time=0.1,
-)
-HANG_FOREVER = TxPlan(hang=True, lands_after=None, expires_after=1e9)
 EPS = 1e-9
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class LogRecords(logging.Handler):
-    """Collects the records of the ``exitguard`` loggers, whatever logging set-up is active."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def of(self, logger: str, level: int = logging.WARNING) -> list[logging.LogRecord]:
-        return [
-            r for r in self.records
-            if (r.name == logger or r.name.startswith(logger + ".")) and r.levelno >= level
-        ]
-
-    def matching(self, text: str, level: int = logging.WARNING) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.levelno >= level and text in r.getMessage()]
-
-
-@pytest.fixture
-def logs() -> Iterator[LogRecords]:
-    # Attached to the ``exitguard`` logger itself: telemetry's configure_logging may turn
-    # its propagation off, which would hide the records from pytest's caplog.
-    handler = LogRecords()
-    logger = logging.getLogger("exitguard")
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
-class FaultyVenue(ScriptedVenue):
-    """A ScriptedVenue whose answers can be replaced: ``raises[method]`` is raised instead of
-    calling the method (after ``raise_after`` good calls), ``garbage[method]`` turns the
-    truthful answer into garbage. The ground truth (``sent``, ``sold_eventually``) stays
-    that of the real ScriptedVenue underneath: a garbage ``submit`` answer still sent."""
-
-    def __init__(
-        self,
-        plans: Sequence[TxPlan] | Callable[[int], TxPlan] = (),
-        *,
-        raises: dict[str, BaseException] | None = None,
-        garbage: dict[str, Callable[[Any], Any]] | None = None,
-        raise_after: int = 0,
-        **options: Any,
-    ) -> None:
-        super().__init__(plans, price=options.pop("price", 95.0), **options)
-        self.raises = raises or {}
-        self.garbage = garbage or {}
-        self.raise_after = raise_after
-        self.calls: dict[str, int] = {}
-
-    def _fault(self, method: str) -> None:
-        count = self.calls.get(method, 0)
-        self.calls[method] = count + 1
-        error = self.raises.get(method)
-        if error is not None and count >= self.raise_after:
-            raise error
-
-    def _spoil(self, method: str, answer: Any) -> Any:
-        spoil = self.garbage.get(method)
-        return spoil(answer) if spoil is not None else answer
-
-    async def price(self, position: Position) -> float:
-        self._fault("price")
-        answer: float = self._spoil("price", await super().price(position))
-        return answer
-
-    async def submit(self, order: ExitOrder) -> Submission:
-        self._fault("submit")
-        answer: Submission = self._spoil("submit", await super().submit(order))
-        return answer
-
-    async def confirm(self, submission: Submission) -> Fill:
-        self._fault("confirm")
-        answer: Fill = self._spoil("confirm", await super().confirm(submission))
-        return answer
-
-    async def lookup(self, submission: Submission) -> Lookup:
-        self._fault("lookup")
-        answer: Lookup = self._spoil("lookup", await super().lookup(submission))
-        return answer
-
-
-def events(hooks: RecordingHooks, name: str) -> list[Any]:
-    return [payload for event, payload in hooks.events if event == name]
 
 
 def run_exit(
@@ -206,7 +104,7 @@ def assert_promises(
     """
     # An outcome within the deadline, reported once, along a valid path.
     assert outcome.elapsed_s <= deadline + EPS
-    assert events(recording, "exit_finished") == [outcome]
+    assert recording.payloads("exit_finished") == [outcome]
     assert is_valid_path(outcome.history)
     assert outcome.history[-1].to_state.is_terminal
     # Never sold twice.
@@ -215,7 +113,7 @@ def assert_promises(
     assert outcome.filled_size <= POSITION.size + EPS
     # Nothing recorded is lost: what landed is in the fills, was reported late, or is
     # still pending.
-    late = sum(fill.size for fill in events(recording, "late_fill"))
+    late = sum(fill.size for fill in recording.payloads("late_fill"))
     truth = venue.sold_eventually(POSITION.id)
     if knowable:
         assert outcome.filled_size + late == pytest.approx(truth)
@@ -226,7 +124,7 @@ def assert_promises(
                 assert tx.tx_id in outcome.pending_tx_ids, tx.tx_id
     for tx_id in outcome.pending_tx_ids:
         assert outcome.status is ExitStatus.UNRESOLVED
-        assert any(tx_id == resolved for resolved, _ in events(recording, "pending_resolved"))
+        assert any(tx_id == resolved for resolved, _ in recording.payloads("pending_resolved"))
 
 
 # -- a hook that raises -----------------------------------------------------------------------
@@ -348,8 +246,8 @@ def test_a_hook_that_raises_everywhere_changes_nothing_and_is_logged_once_per_me
     assert counts[("RaisingHooks", "late_fill")] == 1
     assert counts[("RaisingHooks", "halted")] == 1
     assert counts[("RaisingHooks", "resumed")] == 1
-    assert counts[("RaisingHooks", "breaker_transition")] == len(events(recording,
-                                                                         "breaker_transition"))
+    assert counts[("RaisingHooks", "breaker_transition")] == len(
+        recording.payloads("breaker_transition"))
     assert counts[("RaisingObserver", "exit_finished")] == 2
     assert raising.observers == 3
     # Counted as the guard's hook faults (exitguard_faults_total{component="hook"}), once
@@ -388,11 +286,11 @@ def test_a_venue_raising_an_unexpected_exception_type(
     # For lookup to matter the confirmation must time out; the transaction lands at 2 s.
     plans = [TxPlan(hang=True, lands_after=2.0, expires_after=100.0)] if method == "lookup" \
         else []
-    venue = FaultyVenue(plans, raises={method: error})
+    venue = FaultyVenue(plans, raises={method: error}, price=PRICE)
     outcome, _, recording = run_exit(venue, drain_for=10.0)
     assert_promises(outcome, venue, recording, knowable=method != "lookup")
 
-    reports: list[AttemptReport] = events(recording, "attempt_finished")
+    reports: list[AttemptReport] = recording.payloads("attempt_finished")
     kind = type(error).__name__
     if method == "price":
         # A failed quote never blocks the exit: the signal price stands in. Logged once.
@@ -438,10 +336,10 @@ def test_an_error_that_cannot_be_classified_keeps_the_sent_order_pending(method:
     # be reconciled, not be forgotten behind a FAILED ("nothing may still land") outcome.
     plans = [TxPlan(lands_after=0.5, expires_after=100.0)]
     if method == "confirm":
-        venue = FaultyVenue(plans, raises={"confirm": Unprintable()})
+        venue = FaultyVenue(plans, raises={"confirm": Unprintable()}, price=PRICE)
         options: dict[str, Any] = {}
     else:
-        venue = FaultyVenue(plans, raises={"confirm": RuntimeError("rpc glitch")})
+        venue = FaultyVenue(plans, raises={"confirm": RuntimeError("rpc glitch")}, price=PRICE)
 
         def classify(exc: BaseException) -> ErrorClass:
             raise ValueError("classifier bug")
@@ -465,7 +363,7 @@ def test_a_raising_classifier_is_logged_once_per_guard_and_counted_every_time(
         calls += 1
         raise ValueError("classifier bug")
 
-    venue = FaultyVenue(lambda i: TxPlan(send_error=NetworkError("reset")))
+    venue = FaultyVenue(lambda i: TxPlan(send_error=NetworkError("reset")), price=PRICE)
 
     async def main() -> ExitGuard:
         guard = ExitGuard(venue, policy=POLICY, deadline=DEADLINE, classify=classify)
@@ -484,7 +382,7 @@ def test_a_dead_price_feed_is_logged_once_per_exit_and_counted_every_time(
     logs: LogRecords,
 ) -> None:
     venue = FaultyVenue(lambda i: TxPlan(send_error=NetworkError("reset")),
-                        raises={"price": ConnectionResetError("price feed down")})
+                        raises={"price": ConnectionResetError("price feed down")}, price=PRICE)
 
     async def main() -> ExitGuard:
         guard = ExitGuard(venue, policy=POLICY, deadline=DEADLINE)
@@ -502,7 +400,8 @@ def test_a_venue_raising_cancelled_error_on_its_own_is_a_venue_error() -> None:
     # Some client libraries leak a CancelledError that nobody asked for (a connection
     # torn down under them). The exit was not cancelled, so it must still return an
     # outcome rather than end the caller's task as if it had been cancelled.
-    venue = FaultyVenue([TxPlan(lands_after=0.5)], raises={"confirm": asyncio.CancelledError()})
+    venue = FaultyVenue([TxPlan(lands_after=0.5)], raises={"confirm": asyncio.CancelledError()},
+                        price=PRICE)
     outcome, _, recording = run_exit(venue)
     assert_promises(outcome, venue, recording)
     assert outcome.status is ExitStatus.CLOSED
@@ -535,7 +434,7 @@ GARBAGE_FILLS: dict[str, Callable[[Fill], Any]] = {
 def test_a_garbage_confirmation_is_an_unknown_outcome_reconciled_by_lookup(
     spoil: Callable[[Fill], Any],
 ) -> None:
-    venue = FaultyVenue([TxPlan(price=94.0)], garbage={"confirm": spoil})
+    venue = FaultyVenue([TxPlan(price=94.0)], garbage={"confirm": spoil}, price=PRICE)
     outcome, _, recording = run_exit(venue)
     assert_promises(outcome, venue, recording)
     # Never taken at face value: the truthful lookup says what was sold, once.
@@ -543,7 +442,7 @@ def test_a_garbage_confirmation_is_an_unknown_outcome_reconciled_by_lookup(
     assert venue.submit_calls == 1
     assert outcome.fills == (Fill("tx1", 10.0, 94.0),)
     assert outcome.avg_price == 94.0
-    reports: list[AttemptReport] = events(recording, "attempt_finished")
+    reports: list[AttemptReport] = recording.payloads("attempt_finished")
     assert [(r.result, r.error_class) for r in reports] == [
         (AttemptResult.TIMEOUT, ErrorClass.INVALID_RESPONSE)
     ]
@@ -565,7 +464,7 @@ def test_garbage_from_confirm_and_lookup_stays_pending_and_keeps_earlier_fills(
         return _landed(spoil)(answer)
 
     venue = FaultyVenue([TxPlan(fill_fraction=0.5), TxPlan()],
-                        garbage={"confirm": confirm_garbage, "lookup": lookup_garbage})
+                        garbage={"confirm": confirm_garbage, "lookup": lookup_garbage}, price=PRICE)
     outcome, _, recording = run_exit(venue, drain_for=20.0)
     assert_promises(outcome, venue, recording, knowable=False)
     assert outcome.status is ExitStatus.UNRESOLVED
@@ -588,13 +487,13 @@ GARBAGE_LOOKUPS: dict[str, Callable[[Lookup], Any]] = {
 @pytest.mark.parametrize("spoil", GARBAGE_LOOKUPS.values(), ids=GARBAGE_LOOKUPS.keys())
 def test_a_garbage_lookup_is_still_unknown(spoil: Callable[[Lookup], Any]) -> None:
     venue = FaultyVenue([TxPlan(hang=True, lands_after=1.5, expires_after=100.0)],
-                        garbage={"lookup": spoil})
+                        garbage={"lookup": spoil}, price=PRICE)
     outcome, _, recording = run_exit(venue, drain_for=20.0)
     assert_promises(outcome, venue, recording, knowable=False)
     assert outcome.status is ExitStatus.UNRESOLVED
     assert outcome.pending_tx_ids == ("tx1",)
     assert venue.submit_calls == 1
-    assert events(recording, "late_fill") == []  # never counted from garbage
+    assert recording.payloads("late_fill") == []  # never counted from garbage
 
 
 GARBAGE_PRICES: dict[str, Any] = {
@@ -605,7 +504,7 @@ GARBAGE_PRICES: dict[str, Any] = {
 
 @pytest.mark.parametrize("price", GARBAGE_PRICES.values(), ids=GARBAGE_PRICES.keys())
 def test_a_garbage_price_never_reaches_an_order(price: Any, logs: LogRecords) -> None:
-    venue = FaultyVenue(garbage={"price": lambda answer: price})
+    venue = FaultyVenue(garbage={"price": lambda answer: price}, price=PRICE)
     outcome, guard, recording = run_exit(venue)
     assert_promises(outcome, venue, recording)
     assert outcome.status is ExitStatus.CLOSED
@@ -628,7 +527,7 @@ def test_a_garbage_submit_answer_is_never_followed_by_a_second_order(
     # transaction id it cannot be reconciled, so sending another one risks selling twice.
     # The guard cannot know the id either, so it cannot list it as pending: it stops and
     # says plainly that the order may have been sent.
-    venue = FaultyVenue(garbage={"submit": spoil})
+    venue = FaultyVenue(garbage={"submit": spoil}, price=PRICE)
     outcome, _, recording = run_exit(venue)
     assert venue.submit_calls == 1
     assert venue.violations == []
@@ -636,14 +535,14 @@ def test_a_garbage_submit_answer_is_never_followed_by_a_second_order(
     assert outcome.status is ExitStatus.FAILED
     assert outcome.error_class is ErrorClass.INVALID_RESPONSE
     assert "may have been sent" in outcome.reason
-    assert events(recording, "exit_finished") == [outcome]
+    assert recording.payloads("exit_finished") == [outcome]
     assert is_valid_path(outcome.history)
 
 
 def test_a_bare_transaction_id_from_submit_is_taken_as_the_submission() -> None:
     # A venue that returns the signature string instead of a Submission: the id is enough to
     # confirm and reconcile, so the exit goes on (with a warning), never a second order.
-    venue = FaultyVenue(garbage={"submit": lambda s: s.tx_id})
+    venue = FaultyVenue(garbage={"submit": lambda s: s.tx_id}, price=PRICE)
     outcome, _, recording = run_exit(venue)
     assert_promises(outcome, venue, recording)
     assert venue.submit_calls == 1
@@ -658,7 +557,8 @@ def test_a_failing_lookup_is_logged_once_per_transaction() -> None:
     logger = logging.getLogger("exitguard")
     logger.addHandler(handler)
     try:
-        venue = FaultyVenue([HANG_FOREVER], raises={"lookup": ConnectionResetError("reset")})
+        venue = FaultyVenue([HANG_FOREVER], raises={"lookup": ConnectionResetError("reset")},
+                            price=PRICE)
         outcome, guard, recording = run_exit(venue, drain_for=60.0)
     finally:
         logger.removeHandler(handler)
@@ -666,7 +566,7 @@ def test_a_failing_lookup_is_logged_once_per_transaction() -> None:
     assert venue.calls["lookup"] > 10
     assert len(handler.matching("lookup of tx1 failed")) == 1
     assert guard.fault_counts[FaultSource.LOOKUP] == venue.calls["lookup"]
-    assert events(recording, "exit_finished") == [outcome]
+    assert recording.payloads("exit_finished") == [outcome]
 
 
 # -- cancellation at every await point --------------------------------------------------------
@@ -794,7 +694,7 @@ def test_cancelling_the_exit_at_every_await_point(plans: Sequence[TxPlan]) -> No
     while True:
         n += 1
         cancelled, where, suspensions, guard, venue, recording, at = _cancel_at(n, plans)
-        finished: list[ExitOutcome] = events(recording, "exit_finished")
+        finished: list[ExitOutcome] = recording.payloads("exit_finished")
         assert len(finished) == 1, n  # one outcome reported, cancelled or not
         outcome = finished[0]
         assert is_valid_path(outcome.history), n
@@ -802,7 +702,7 @@ def test_cancelling_the_exit_at_every_await_point(plans: Sequence[TxPlan]) -> No
         assert venue.violations == [], n
         truth = venue.sold_eventually(POSITION.id)
         assert truth <= POSITION.size + EPS, n
-        late = sum(fill.size for fill in events(recording, "late_fill"))
+        late = sum(fill.size for fill in recording.payloads("late_fill"))
         assert outcome.filled_size + late == pytest.approx(truth), n
         if not cancelled:
             assert suspensions == n - 1  # ran to the end: every point was visited
@@ -819,7 +719,7 @@ def test_cancelling_the_exit_at_every_await_point(plans: Sequence[TxPlan]) -> No
             unknown = tx.tx_id not in fills and not tx.sent_at + tx.plan.expires_after <= at
             if may_land or (unknown and tx.plan.hang):
                 assert tx.tx_id in outcome.pending_tx_ids, (n, where, tx.tx_id)
-        resolved = {tx_id for tx_id, _ in events(recording, "pending_resolved")}
+        resolved = {tx_id for tx_id, _ in recording.payloads("pending_resolved")}
         assert set(outcome.pending_tx_ids) <= resolved, n
         assert (outcome.status is ExitStatus.UNRESOLVED) == bool(outcome.pending_tx_ids), n
     assert n > 20
@@ -842,7 +742,7 @@ def test_exiting_again_while_an_earlier_order_may_land_never_sells_twice(first_e
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            first = events(recording, "exit_finished")[0]
+            first = recording.payloads("exit_finished")[0]
         else:
             first = await guard.exit(POSITION, signal_price=95.0)
         second = await guard.exit(POSITION, signal_price=95.0, reason="retry")
@@ -889,7 +789,7 @@ def test_a_corrupt_halt_file_means_halted_and_exits_still_run(
     with pytest.raises(TradingHalted):
         halt.check_entry()
     # Halts are reduce-only: exits still run, within the deadline.
-    venue = FaultyVenue()
+    venue = FaultyVenue(price=PRICE)
     outcome, guard, recording = run_exit(venue, halt=halt)
     assert_promises(outcome, venue, recording)
     assert outcome.status is ExitStatus.CLOSED
@@ -920,7 +820,7 @@ def test_an_unwritable_halt_file_keeps_the_halt_in_memory(
     halt = TradingHalt(approvers=["ops"], store=ReadOnlyFileHaltStore(path))
     assert not halt.is_halted  # a missing file: never halted
     # Every exit fails (the confirmation hangs): the breaker trips on the first and halts.
-    venue = FaultyVenue([HANG_FOREVER])
+    venue = FaultyVenue([HANG_FOREVER], price=PRICE)
     outcome, guard, recording = run_exit(
         venue, halt=halt, breaker=CircuitBreaker(1, name="venue"), drain_for=5.0
     )
@@ -933,7 +833,7 @@ def test_an_unwritable_halt_file_keeps_the_halt_in_memory(
     with pytest.raises(TradingHalted):
         guard.check_entry()
     # Counted once (one halt event to the hooks), logged once (the write failure).
-    assert len(events(recording, "halted")) == 1
+    assert len(recording.payloads("halted")) == 1
     assert len(logs.matching("cannot write halt store", logging.ERROR)) == 1
     assert len(logs.matching("TRADING HALTED", logging.ERROR)) == 1
     assert guard.fault_counts[FaultSource.HALT_STORE] == 1  # the one failed write
@@ -952,7 +852,7 @@ def test_a_halt_file_that_becomes_unwritable_never_breaks_an_exit(
     path.unlink()
     path.parent.rmdir()
     path.parent.write_text("oops")
-    venue = FaultyVenue([HANG_FOREVER])
+    venue = FaultyVenue([HANG_FOREVER], price=PRICE)
     outcome, _, recording = run_exit(venue, halt=halt, breaker=CircuitBreaker(1),
                                      drain_for=5.0)
     assert_promises(outcome, venue, recording, knowable=False)
@@ -962,274 +862,3 @@ def test_a_halt_file_that_becomes_unwritable_never_breaks_an_exit(
     assert saved  # the last good state was on disk before it broke
     with pytest.raises(HaltStoreError):
         FileHaltStore(path).load()  # path's parent is a file: unreadable, hence halted
-
-
-# -- pager: Slack / Discord webhooks hanging or answering 500 (real clock) --------------------
-
-SLACK_URL = "slack://T00000000/B00000000/FaultSlackTok3n"
-DISCORD_URL = "discord://112233445566778899/FaultDiscordTok3n"
-REAL_POLICY = RetryPolicy(total_timeout=0.25, attempt_timeout=0.15, min_attempt_time=0.05)
-REAL_DEADLINE = 0.3
-REAL_SLACK = 0.05  # scheduling slack allowed on a shared machine, seconds
-
-
-@pytest.mark.parametrize(("slack", "discord"), [("hang", "fail"), ("fail", "hang")])
-def test_hanging_or_failing_webhooks_never_delay_an_exit_and_count_each_page_once(
-    slack: str, discord: str, monkeypatch: pytest.MonkeyPatch, logs: LogRecords
-) -> None:
-    from apprise.plugins.discord import NotifyDiscord
-    from apprise.plugins.slack import NotifySlack
-    from prometheus_client import CollectorRegistry
-
-    from exitguard import catalogue
-    from exitguard.alerting.pager import Pager
-    from tests.support.alerting import WebhookSink
-
-    registry = CollectorRegistry()
-    with WebhookSink() as sink:
-        sink.behaviour.update({"/slack": slack, "/discord": discord})  # type: ignore[dict-item]
-        monkeypatch.setattr(NotifySlack, "webhook_url", sink.url("/slack"))
-        monkeypatch.setattr(NotifyDiscord, "notify_url", sink.url("/discord"))
-        pager = Pager([SLACK_URL, DISCORD_URL], timeout=0.5, min_interval=60.0,
-                      registry=registry)
-        venue = FaultyVenue(default=HANG_FOREVER)
-        recording = RecordingHooks()
-        halt = TradingHalt(approvers=["ops"])
-
-        async def main() -> tuple[list[ExitOutcome], list[float]]:
-            guard = ExitGuard(venue, policy=REAL_POLICY, deadline=REAL_DEADLINE,
-                              hooks=[pager, recording], halt=halt, name="bot",
-                              breaker=CircuitBreaker(1, name="venue"),
-                              background_reconcile_for=0.5)
-            outcomes, walls = [], []
-            for i in range(3):  # the first trips the breaker and halts; then refused fast
-                started = time.perf_counter()
-                outcomes.append(await guard.exit(Position(f"pos-{i}", "SOL", 1.0, 100.0),
-                                                 signal_price=95.0))
-                walls.append(time.perf_counter() - started)
-            await pager.drain(timeout=5.0)
-            await guard.aclose()
-            return outcomes, walls
-
-        try:
-            outcomes, walls = asyncio.run(main())
-        finally:
-            pager.close(timeout=2)
-        requests = {path: len(sink.requests(path)) for path in ("/slack", "/discord")}
-
-    # Every exit returned within its deadline although both channels misbehaved.
-    assert [o.status for o in outcomes] == [
-        ExitStatus.UNRESOLVED, ExitStatus.REFUSED, ExitStatus.REFUSED
-    ]
-    assert all(wall <= REAL_DEADLINE + REAL_SLACK for wall in walls), walls
-    assert outcomes[0].pending_tx_ids == ("tx1",)
-    assert venue.violations == []
-    assert venue.submit_calls == 1
-    # Two events (breaker open, trading halted): one page each per channel, each counted
-    # once with its result and logged once. (apprise throttles Slack to about one request
-    # a second, so the second Slack page may time out before it is even sent.)
-    assert 1 <= requests["/slack"] <= 2
-    assert 1 <= requests["/discord"] <= 2
-
-    def count(channel: str, result: str) -> float:
-        value = registry.get_sample_value(
-            catalogue.ALERTS_SENT.name, {"guard": "bot", "channel": channel, "result": result}
-        )
-        return value or 0.0
-
-    for number, channel, mode in ((1, "slack", slack), (2, "discord", discord)):
-        assert count(channel, "sent") == 0
-        assert count(channel, "failed") + count(channel, "timeout") == 2
-        if mode == "hang":
-            assert count(channel, "timeout") == 2
-        else:
-            assert count(channel, "failed") >= 1  # the first page got its 500
-        assert len(logs.matching(f"to channel #{number} ({channel}):")) == 2
-    assert len(events(recording, "halted")) == 1
-
-
-# -- telemetry: OTLP collector down or hanging, /metrics never scraped (real clock) -----------
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-class BlackHoleCollector:
-    """Accepts TCP connections (the kernel's backlog does) and never answers a byte."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-        self.port: int = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _loop_lag_monitor(stop: asyncio.Event, lags: list[float]) -> Coroutine[Any, Any, None]:
-    async def watch() -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            before = loop.time()
-            await asyncio.sleep(0.005)
-            lags.append(loop.time() - before - 0.005)
-
-    return watch()
-
-
-def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
-    list[ExitOutcome], list[float], float, Any, int, int, LogRecords
-]:
-    """``exits`` exits (a quarter hang: UNRESOLVED) with traces to ``endpoint`` and metrics,
-    twelve at a time; returns the outcomes, loop lags, the time shutdown took, the registry,
-    the number of spans ended, the failed batches counted and the export's log records."""
-    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-    from prometheus_client import CollectorRegistry
-
-    from exitguard import catalogue, telemetry
-
-    class Ended(SpanProcessor):
-        def __init__(self) -> None:
-            self.count = 0
-
-        def on_end(self, span: ReadableSpan) -> None:
-            self.count += 1
-
-    ended = Ended()
-    provider = telemetry.configure_tracing(endpoint, set_global=False, timeout=0.5,
-                                           schedule_delay=0.05)
-    provider.add_span_processor(ended)
-    registry = CollectorRegistry()
-    venue = FaultyVenue(lambda i: HANG_FOREVER if i % 4 == 0 else TxPlan(confirm_after=0.01,
-                                                                          lands_after=0.01))
-
-    async def main() -> tuple[list[ExitOutcome], list[float]]:
-        guard = ExitGuard(venue, policy=REAL_POLICY, deadline=REAL_DEADLINE, name="traced",
-                          breaker=CircuitBreaker(10**6), background_reconcile_for=0.2)
-        telemetry.instrument(guard, registry=registry, tracer_provider=provider, logs=False)
-        stop, lags = asyncio.Event(), list[float]()
-        monitor = asyncio.ensure_future(_loop_lag_monitor(stop, lags))
-        outcomes: list[ExitOutcome] = []
-        for start in range(0, exits, 12):
-            outcomes += await asyncio.gather(*(
-                guard.exit(Position(f"pos-{i}", "SOL", 1.0, 100.0), signal_price=95.0)
-                for i in range(start, min(start + 12, exits))
-            ))
-        stop.set()
-        await monitor
-        await guard.aclose()
-        return outcomes, lags
-
-    records = LogRecords()
-    watched = [logging.getLogger(name) for name in (
-        "exitguard.telemetry", "opentelemetry.exporter.otlp.proto.http.trace_exporter")]
-    for logger in watched:
-        logger.addHandler(records)
-    from exitguard.telemetry._export_failures import TRACE_EXPORT_FAILURES
-
-    before = TRACE_EXPORT_FAILURES.total
-    try:
-        outcomes, lags = asyncio.run(main())
-        started = time.perf_counter()
-        telemetry.shutdown_tracing(provider, timeout=2.0)
-        shutdown = time.perf_counter() - started
-    finally:
-        for logger in watched:
-            logger.removeHandler(records)
-    assert venue.violations == []
-    scraped = registry.get_sample_value(catalogue.TRACE_EXPORT_FAILURES.name)
-    assert scraped == TRACE_EXPORT_FAILURES.total
-    return (outcomes, lags, shutdown, registry, ended.count,
-            TRACE_EXPORT_FAILURES.total - before, records)
-
-
-def _assert_unharmed(outcomes: list[ExitOutcome], lags: list[float], shutdown: float,
-                     registry: Any, spans: int, failed: int, records: LogRecords) -> None:
-    from exitguard import catalogue
-
-    assert all(o.elapsed_s <= REAL_DEADLINE + REAL_SLACK for o in outcomes)
-    statuses = Counter(o.status for o in outcomes)
-    assert statuses == {ExitStatus.CLOSED: 90, ExitStatus.UNRESOLVED: 30}
-    assert max(lags) < 0.1, f"the event loop stalled for {max(lags) * 1000:.0f} ms"
-    assert shutdown <= 2.0 + 0.5  # bounded, whatever the collector does
-    # Metrics are untouched by the traces' trouble: each exit counted once.
-    for status, count in statuses.items():
-        value = registry.get_sample_value(
-            catalogue.EXITS.name, {"guard": "traced", "outcome": status.value}
-        )
-        assert value == count
-    assert spans >= 2 * len(outcomes)  # every exit and attempt span was still made
-    # The outage is counted per failed batch (one process-wide series) and logged once:
-    # exitguard's line, and the OTLP exporter's own lines for the first batch only.
-    assert failed >= 2, "the exports should have failed batch after batch"
-    ours = records.matching("exitguard trace export failed", logging.ERROR)
-    assert len(ours) == 1
-    theirs = records.of("opentelemetry", logging.WARNING)
-    assert len(theirs) <= 3, [r.getMessage() for r in theirs]
-
-
-def test_an_otlp_collector_that_is_down_never_slows_an_exit() -> None:
-    endpoint = f"http://127.0.0.1:{_closed_port()}/v1/traces"
-    _assert_unharmed(*_exits_with_tracing(endpoint))
-
-
-def test_an_otlp_collector_that_hangs_never_slows_an_exit() -> None:
-    collector = BlackHoleCollector()
-    try:
-        _assert_unharmed(*_exits_with_tracing(f"http://127.0.0.1:{collector.port}/v1/traces"))
-    finally:
-        collector.close()
-
-
-def test_metrics_never_scraped_stay_bounded_and_count_every_exit_once() -> None:
-    import tracemalloc
-    import urllib.request
-
-    from prometheus_client import CollectorRegistry
-
-    from exitguard import catalogue, telemetry
-
-    registry = CollectorRegistry()
-    venue = FaultyVenue(lambda i: TxPlan() if i % 10 else TxPlan(
-        send_error=NetworkError("connection reset")))
-    server = telemetry.serve_metrics(port=0, registry=registry)
-
-    def series() -> int:
-        return sum(len(metric.samples) for metric in registry.collect())
-
-    async def main() -> tuple[int, int, int, int]:
-        guard = ExitGuard(venue, policy=POLICY, deadline=DEADLINE, name="unscraped")
-        telemetry.instrument(guard, registry=registry, traces=False, logs=False)
-
-        async def exits(count: int) -> None:
-            for i in range(count):
-                await guard.exit(Position(f"p{i}", "SOL", 1.0, 100.0), signal_price=95.0)
-
-        await exits(300)
-        tracemalloc.start()
-        first, first_series = tracemalloc.get_traced_memory()[0], series()
-        await exits(1_500)
-        second, second_series = tracemalloc.get_traced_memory()[0], series()
-        tracemalloc.stop()
-        return first, second, first_series, second_series
-
-    try:
-        first, second, first_series, second_series = run_virtual(main())
-        # Nothing accumulates per exit while nobody scrapes: the same series, and the
-        # traced memory (the venue's own record of 1,500 orders aside) barely moves.
-        assert second_series == first_series
-        per_exit = (second - first) / 1_500
-        assert per_exit < 1_000, f"{per_exit:.0f} bytes kept per exit"
-        with urllib.request.urlopen(server.url, timeout=5) as response:
-            body = response.read().decode()
-    finally:
-        server.close()
-    total = registry.get_sample_value(catalogue.EXITS.name,
-                                      {"guard": "unscraped", "outcome": "closed"})
-    assert total == 1_800
-    assert f'{catalogue.EXITS.name}{{guard="unscraped",outcome="closed"}} 1800.0' in body

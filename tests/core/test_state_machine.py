@@ -17,18 +17,11 @@ from exitguard import (
     TransitionRecord,
 )
 from exitguard.state_machine import ALLOWED, TERMINAL_STATES, is_valid_path
+from exitguard.testing import FakeClock
 from exitguard.vtime import run_virtual
 
 S = ExitState
 ALL_PAIRS = list(itertools.product(ExitState, ExitState))
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def path_to(target: ExitState) -> list[ExitState]:

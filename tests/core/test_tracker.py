@@ -9,20 +9,9 @@ from typing import Any
 import pytest
 
 from exitguard import ConfigError, EmergencyHaltError, ExitAttemptTracker
+from exitguard.testing import FakeClock
 from exitguard.tracker import TrackerState
 from exitguard.vtime import run_virtual
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 # -- Seed 5.2 ----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 that decodes ``ExportTraceServiceRequest`` protobufs POSTed to /v1/traces and keeps the
 spans, flattened, for assertions.
 
-    with OtlpReceiver() as receiver:              # or the ``otlp_receiver`` fixture
+    with OtlpReceiver() as receiver:              # or the ``otlp_receiver`` fixture (conftest)
         provider = configure_tracing(receiver.endpoint, set_global=False)
         ...
         spans = receiver.wait_for(lambda spans: len(spans) >= 2)
@@ -16,19 +16,18 @@ import gzip
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-__all__ = ["OtlpReceiver", "ReceivedSpan", "otlp_receiver"]
+__all__ = ["OtlpReceiver", "ReceivedSpan"]
 
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
@@ -196,13 +195,3 @@ class OtlpReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@pytest.fixture
-def otlp_receiver() -> Iterator[OtlpReceiver]:
-    """A running receiver, stopped after the test whatever its result."""
-    receiver = OtlpReceiver()
-    try:
-        yield receiver
-    finally:
-        receiver.close()

@@ -101,11 +101,6 @@ def key(name: str, **labels: str) -> Key:
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
 def server(registry: CollectorRegistry) -> Iterator[MetricsServer]:
     running = serve_metrics(port=0, registry=registry)
     try:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,17 +23,9 @@ from exitguard import (
 from exitguard.telemetry import configure_tracing, instrument, shutdown_tracing
 from exitguard.testing import ScriptedVenue, TxPlan
 from tests.support.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan
+from tests.support.servers import free_port
 
 POSITION = Position("pos-7", "SOL", 10.0, 100.0)
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    running = OtlpReceiver()
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def provider_for(endpoint: str) -> TracerProvider:
@@ -68,13 +58,13 @@ def transitions(span: ReceivedSpan) -> list[str]:
             if e.name == "exitguard.transition"]
 
 
-def test_first_attempt_success_spans(receiver: OtlpReceiver) -> None:
-    provider = provider_for(f"http://127.0.0.1:{receiver.port}")  # /v1/traces appended
+def test_first_attempt_success_spans(otlp_receiver: OtlpReceiver) -> None:
+    provider = provider_for(f"http://127.0.0.1:{otlp_receiver.port}")  # /v1/traces appended
     venue = ScriptedVenue([TxPlan(confirm_after=0.01, lands_after=0.01, price=94.5)], price=95.0)
     (outcome,) = run_exits(venue, provider)
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.wait_for(lambda s: len(s) >= 2)
-    assert receiver.content_types[0] == "application/x-protobuf"
+    spans = otlp_receiver.wait_for(lambda s: len(s) >= 2)
+    assert otlp_receiver.content_types[0] == "application/x-protobuf"
     (exit_span,) = by_name(spans, "exitguard.exit")
     (attempt,) = by_name(spans, "exitguard.exit.attempt")
     assert exit_span.parent_span_id == ""  # a root: no span was current
@@ -110,14 +100,14 @@ def test_first_attempt_success_spans(receiver: OtlpReceiver) -> None:
     assert attempt.end_unix_nano <= exit_span.end_unix_nano
 
 
-def test_timeout_then_reconcile_spans(receiver: OtlpReceiver) -> None:
-    provider = provider_for(receiver.endpoint)
+def test_timeout_then_reconcile_spans(otlp_receiver: OtlpReceiver) -> None:
+    provider = provider_for(otlp_receiver.endpoint)
     plan = TxPlan(confirm_after=0.01, confirm_error=RpcTimeout("rpc timed out"),
                   lands_after=0.03)
     (outcome,) = run_exits(ScriptedVenue([plan], price=95.0), provider)
     assert outcome.status is ExitStatus.CLOSED
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.wait_for(lambda s: len(s) >= 2)
+    spans = otlp_receiver.wait_for(lambda s: len(s) >= 2)
     (exit_span,) = by_name(spans, "exitguard.exit")
     (attempt,) = by_name(spans, "exitguard.exit.attempt")
     assert attempt.parent_span_id == exit_span.span_id
@@ -135,15 +125,15 @@ def test_timeout_then_reconcile_spans(receiver: OtlpReceiver) -> None:
     assert exit_span.status_code == STATUS_UNSET
 
 
-def test_retry_failure_and_status_error(receiver: OtlpReceiver) -> None:
-    provider = provider_for(receiver.endpoint)
+def test_retry_failure_and_status_error(otlp_receiver: OtlpReceiver) -> None:
+    provider = provider_for(otlp_receiver.endpoint)
     first = TxPlan(confirm_after=0.01, confirm_error=RpcTimeout("slow"), lands_after=None,
                    expires_after=0.05)
     second = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
     (outcome,) = run_exits(ScriptedVenue([first, second], price=95.0), provider)
     assert outcome.status is ExitStatus.FAILED
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.wait_for(lambda s: len(s) >= 3)
+    spans = otlp_receiver.wait_for(lambda s: len(s) >= 3)
     (exit_span,) = by_name(spans, "exitguard.exit")
     attempts = sorted(by_name(spans, "exitguard.exit.attempt"),
                       key=lambda s: s.attributes["exitguard.attempt.number"])
@@ -164,17 +154,17 @@ def test_retry_failure_and_status_error(receiver: OtlpReceiver) -> None:
     assert transitions(exit_span)[-1] == "exit_failed"
 
 
-def test_backoff_event(receiver: OtlpReceiver) -> None:
+def test_backoff_event(otlp_receiver: OtlpReceiver) -> None:
     from exitguard import NetworkError, RetryPolicy
 
-    provider = provider_for(receiver.endpoint)
+    provider = provider_for(otlp_receiver.endpoint)
     plans = [TxPlan(send_error=NetworkError("refused")), TxPlan(confirm_after=0.01,
                                                                 lands_after=0.01)]
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.02, max_backoff=0.05)
     (outcome,) = run_exits(ScriptedVenue(plans, price=95.0), provider, policy=policy)
     assert outcome.status is ExitStatus.CLOSED
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.wait_for(lambda s: len(s) >= 3)
+    spans = otlp_receiver.wait_for(lambda s: len(s) >= 3)
     (exit_span,) = by_name(spans, "exitguard.exit")
     backoffs = [e for e in exit_span.events if e.name == "exitguard.backoff"]
     assert len(backoffs) == 1
@@ -184,8 +174,8 @@ def test_backoff_event(receiver: OtlpReceiver) -> None:
         "filled", "send_failed"]
 
 
-def test_users_current_span_is_the_parent(receiver: OtlpReceiver) -> None:
-    provider = provider_for(receiver.endpoint)
+def test_users_current_span_is_the_parent(otlp_receiver: OtlpReceiver) -> None:
+    provider = provider_for(otlp_receiver.endpoint)
     tracer = provider.get_tracer("mybot")
 
     async def main() -> tuple[str, str]:
@@ -203,7 +193,7 @@ def test_users_current_span_is_the_parent(receiver: OtlpReceiver) -> None:
 
     parent_id, trace_id = asyncio.run(main())
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.wait_for(lambda s: len(s) >= 3)
+    spans = otlp_receiver.wait_for(lambda s: len(s) >= 3)
     (exit_span,) = by_name(spans, "exitguard.exit")
     (attempt,) = by_name(spans, "exitguard.exit.attempt")
     (bot,) = by_name(spans, "bot.on_signal")
@@ -213,9 +203,9 @@ def test_users_current_span_is_the_parent(receiver: OtlpReceiver) -> None:
     assert {exit_span.trace_id, attempt.trace_id, bot.trace_id} == {trace_id}
 
 
-def test_the_exit_span_is_current_for_the_venue(receiver: OtlpReceiver) -> None:
+def test_the_exit_span_is_current_for_the_venue(otlp_receiver: OtlpReceiver) -> None:
     """The venue's own spans (an instrumented HTTP client, say) nest under the attempt."""
-    provider = provider_for(receiver.endpoint)
+    provider = provider_for(otlp_receiver.endpoint)
     tracer = provider.get_tracer("venue")
 
     class TracedVenue(ScriptedVenue):
@@ -225,7 +215,7 @@ def test_the_exit_span_is_current_for_the_venue(receiver: OtlpReceiver) -> None:
 
     run_exits(TracedVenue([TxPlan(confirm_after=0.01, lands_after=0.01)]), provider)
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.wait_for(lambda s: len(s) >= 3)
+    spans = otlp_receiver.wait_for(lambda s: len(s) >= 3)
     (attempt,) = by_name(spans, "exitguard.exit.attempt")
     (send,) = by_name(spans, "venue.send")
     assert send.parent_span_id == attempt.span_id
@@ -249,16 +239,8 @@ def exit_times(provider: TracerProvider | None, count: int = 20) -> list[float]:
     return asyncio.run(main())
 
 
-def free_closed_port() -> int:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()  # nothing listens there now
-    return port
-
-
 def test_unreachable_collector_never_slows_an_exit() -> None:
-    provider = configure_tracing(f"http://127.0.0.1:{free_closed_port()}", set_global=False,
+    provider = configure_tracing(f"http://127.0.0.1:{free_port()}", set_global=False,
                                  schedule_delay=0.01, timeout=2.0)
     bare = exit_times(None)
     traced = exit_times(provider)
@@ -299,13 +281,13 @@ def test_configure_tracing_without_endpoint_still_makes_trace_ids(
         configure_tracing(None, timeout=0, set_global=False)
 
 
-def test_sample_ratio_keeps_whole_traces_and_drops_the_others(receiver: OtlpReceiver) -> None:
-    provider = configure_tracing(receiver.endpoint, set_global=False, schedule_delay=0.05,
+def test_sample_ratio_keeps_whole_traces_and_drops_the_others(otlp_receiver: OtlpReceiver) -> None:
+    provider = configure_tracing(otlp_receiver.endpoint, set_global=False, schedule_delay=0.05,
                                  sample_ratio=0.5)
     outcomes = run_exits(ScriptedVenue(price=95.0), provider, count=200)
     assert all(o.status is ExitStatus.CLOSED for o in outcomes)
     assert shutdown_tracing(provider, timeout=5)
-    spans = receiver.spans
+    spans = otlp_receiver.spans
     exits, attempts = by_name(spans, "exitguard.exit"), by_name(spans, "exitguard.exit.attempt")
     assert 50 <= len(exits) <= 150, len(exits)  # binomial(200, 0.5): outside is > 7 sigma
     # A sampled exit keeps its whole trace; an unsampled one sends nothing at all.
@@ -316,20 +298,20 @@ def test_sample_ratio_keeps_whole_traces_and_drops_the_others(receiver: OtlpRece
 
 
 def test_sample_ratio_zero_sends_nothing_and_one_overrides_the_environment(
-    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+    otlp_receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
-    for dropped in (configure_tracing(receiver.endpoint, set_global=False, sample_ratio=0.0),
-                    configure_tracing(receiver.endpoint, set_global=False)):  # from the env
+    for dropped in (configure_tracing(otlp_receiver.endpoint, set_global=False, sample_ratio=0.0),
+                    configure_tracing(otlp_receiver.endpoint, set_global=False)):  # from the env
         (outcome,) = run_exits(ScriptedVenue(price=95.0), dropped)
         assert outcome.status is ExitStatus.CLOSED
         assert shutdown_tracing(dropped, timeout=5)
-    assert receiver.requests == 0
-    assert receiver.spans == []
-    kept = configure_tracing(receiver.endpoint, set_global=False, sample_ratio=1.0)
+    assert otlp_receiver.requests == 0
+    assert otlp_receiver.spans == []
+    kept = configure_tracing(otlp_receiver.endpoint, set_global=False, sample_ratio=1.0)
     run_exits(ScriptedVenue(price=95.0), kept)
     assert shutdown_tracing(kept, timeout=5)
-    assert sorted(s.name for s in receiver.wait_for(lambda s: len(s) >= 2)) == [
+    assert sorted(s.name for s in otlp_receiver.wait_for(lambda s: len(s) >= 2)) == [
         "exitguard.exit", "exitguard.exit.attempt"]
 
 
@@ -340,14 +322,14 @@ def test_bad_sample_ratio_is_a_clear_error(bad: object) -> None:
 
 
 def test_endpoint_from_environment(
-    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+    otlp_receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{otlp_receiver.port}")
     provider = configure_tracing(None, set_global=False, schedule_delay=0.05)
     provider.get_tracer("t").start_span("from-env").end()
     assert shutdown_tracing(provider, timeout=5)
-    assert [s.name for s in receiver.wait_for(lambda s: len(s) >= 1)] == ["from-env"]
+    assert [s.name for s in otlp_receiver.wait_for(lambda s: len(s) >= 1)] == ["from-env"]
 
 
 def test_an_export_outage_is_logged_once_counted_per_batch_and_its_end_logged(
