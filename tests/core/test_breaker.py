@@ -1,4 +1,5 @@
-"""CircuitBreaker: the seed's Part 5.4 tests, ported, and a real half-open."""
+"""CircuitBreaker: opens on the Nth consecutive failure or a failure rate, a real half-open,
+listeners, clocks and threads."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def tripped(threshold: int = 2, **options: Any) -> tuple[CircuitBreaker, FakeClo
     return breaker, clock
 
 
-# -- Seed 5.4 and 5.5 ------------------------------------------------------------------------
+# -- Consecutive failures: closed below the threshold, open at it ---------------------------
 
 
 def test_circuit_stays_closed_under_threshold() -> None:
@@ -86,7 +87,7 @@ def test_exit_emergency_halt_after_repeated_failures() -> None:
 # -- Closed -> open ------------------------------------------------------------------------
 
 
-def test_seed_names_are_aliases() -> None:
+def test_compatibility_names_are_aliases() -> None:
     assert ExitCircuitBreaker is CircuitBreaker
     assert CircuitBreakerAction is BreakerAction
     assert [s.gauge_value for s in (CLOSED, HALF_OPEN, OPEN)] == [0, 1, 2]

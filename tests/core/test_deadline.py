@@ -1,4 +1,4 @@
-"""ExitDeadline (the seed's ExitDeadlineManager) and TimeoutDetector."""
+"""ExitDeadline (also known as ExitDeadlineManager) and TimeoutDetector."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from exitguard.testing import FakeClock
 from exitguard.vtime import run_virtual
 
 
-def test_seed_names_are_aliases() -> None:
+def test_compatibility_names_are_aliases() -> None:
     assert ExitDeadlineManager is ExitDeadline
     assert ExitTimeoutDetector is TimeoutDetector
 
@@ -97,8 +97,8 @@ def test_timeout_detector_rejects_impossible_timeouts(value: Any) -> None:
         TimeoutDetector("confirm", value)
 
 
-def test_exit_deadline_prevents_exceeding_30_seconds() -> None:
-    # Seed 5.5, with a 500 ms deadline and a 600 ms wait, in virtual time.
+def test_past_its_deadline_an_exit_deadline_is_out_of_window_and_asserting_raises() -> None:
+    # A 500 ms deadline and a 600 ms wait, in virtual time.
     async def main() -> None:
         deadline = ExitDeadline(0.5)  # 500 ms deadline
         assert deadline.is_within_window()  # immediately within window

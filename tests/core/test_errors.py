@@ -137,7 +137,7 @@ def test_hierarchy() -> None:
         assert issubclass(cls, ExitError), cls
     assert issubclass(NetworkError, ConnectionError)
     assert issubclass(RpcTimeout, TimeoutError)
-    assert issubclass(ExitTimeoutError, TimeoutError)  # the seed's TimeoutError
+    assert issubclass(ExitTimeoutError, TimeoutError)  # a bounded wait that ran out
     assert issubclass(ExitDeadlineExceeded, TimeoutError)
     assert issubclass(ConfigError, ValueError)
 

@@ -447,11 +447,11 @@ def test_thousands_of_concurrent_exits_each_bounded() -> None:
     assert venue.violations == []
 
 
-# -- the seed's integration and scenario tests (Part 5.5 / 5.6) against the guard --------
+# -- RPC timeouts during an exit, on a steady and a falling market --------------------------
 
 
 def test_exit_retry_after_rpc_timeout() -> None:
-    """Seed 5.5: -5% stop-loss, RPC timeout on the first attempt, success on the second."""
+    """-5% stop-loss, RPC timeout on the first attempt, success on the second."""
     venue = ScriptedVenue(
         [TxPlan(confirm_error=RpcTimeout("RPC timeout: connection reset"), lands_after=None,
                 expires_after=2.0), TxPlan()],
@@ -463,8 +463,8 @@ def test_exit_retry_after_rpc_timeout() -> None:
     assert venue.violations == []
 
 
-def seed_incident_price(t: float) -> float:
-    """The seed's BUG-003 path: 95 at the signal, falling to 82 by t=130 s."""
+def falling_market(t: float) -> float:
+    """The incident's price path (the demo's): 95 at the signal, falling to 82 by t=130 s."""
     points = [(0.0, 95.0), (30.0, 93.0), (60.0, 90.0), (70.0, 88.0), (100.0, 85.0),
               (130.0, 82.0)]
     for (t0, p0), (t1, p1) in itertools.pairwise(points):
@@ -473,16 +473,16 @@ def seed_incident_price(t: float) -> float:
     return points[-1][1]
 
 
-def test_bug_003_scenario_with_defensive_fix() -> None:
-    """Seed 5.6 against a venue: RPC timeouts on a falling market. The seed's version only
-    ran the retry executor with a breaker at new(1) (see test_breaker.py); here the whole
+def test_rpc_timeouts_on_a_falling_market_close_within_30_s_near_the_stop() -> None:
+    """RPC timeouts on a falling market, against a venue. The original design's version only
+    ran the retry executor with a breaker at new(1) (see test_retry.py); here the whole
     guard exits within the 30 s deadline and the loss stays near the 5% stop."""
     venue = ScriptedVenue(
         [TxPlan(hang=True, lands_after=None, expires_after=8.0),
          TxPlan(confirm_error=RpcTimeout("timeout"), confirm_after=3.0, lands_after=None,
                 expires_after=6.0),
          TxPlan(confirm_after=1.5, lands_after=1.5)],
-        price=seed_incident_price,
+        price=falling_market,
     )
     outcome, _ = exit_once(venue, signal_price=95.0, policy=RetryPolicy(max_attempts=3))
     assert outcome.status is ExitStatus.CLOSED

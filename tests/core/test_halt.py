@@ -25,7 +25,7 @@ from exitguard.halt import HaltSnapshot
 APPROVERS = ("alice", "bob")
 
 
-def test_seed_name_is_an_alias() -> None:
+def test_compatibility_name_is_an_alias() -> None:
     assert TradingHaltCoordinator is TradingHalt
 
 

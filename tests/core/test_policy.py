@@ -26,10 +26,10 @@ INF = math.inf
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)
 
 
-# -- RetryPolicy: the seed's values -------------------------------------------------------
+# -- RetryPolicy: the exit policy and the general policy -----------------------------------
 
 
-def test_constructor_defaults_are_the_seed_exit_policy() -> None:
+def test_constructor_defaults_are_the_exit_policy() -> None:
     policy = RetryPolicy()
     assert policy == RetryPolicy.exit_policy()
     assert (policy.max_attempts, policy.initial_backoff, policy.max_backoff) == (2, 0.5, 5.0)
@@ -39,14 +39,14 @@ def test_constructor_defaults_are_the_seed_exit_policy() -> None:
     assert ErrorClass.NETWORK in policy.retryable
 
 
-def test_default_is_the_seed_general_policy() -> None:
+def test_default_is_the_general_policy_retrying_only_transient_errors() -> None:
     policy = RetryPolicy.default()
     assert policy.max_attempts == 3
     assert policy.initial_backoff == 1.0
     assert policy.max_backoff == 10.0
     assert policy.backoff_multiplier == 2.0
     assert policy.total_timeout == 30.0
-    # The seed retries only RpcTimeout and NetworkError.
+    # Only RpcTimeout and NetworkError are retried.
     assert policy.retryable == TRANSIENT == {ErrorClass.RPC_TIMEOUT, ErrorClass.NETWORK}
 
 
@@ -286,10 +286,10 @@ def test_order_without_fee_stays_without_fee() -> None:
 
 
 def test_adaptive_exit_fallback_to_market_order() -> None:
-    # Seed 5.5 leaves this test empty ("would normally call execute_limit_order
+    # The original design leaves this test empty ("would normally call execute_limit_order
     # internally"). Made real: AdaptiveExitExecutor picks the ladder step from the count of
     # failed attempts: a limit order at 100 bps first, a market order at 500 bps after one
-    # failure (the seed's mode_switch_threshold = 1), then the fee escalates, capped.
+    # failure (mode_switch_threshold = 1), then the fee escalates, capped.
     executor = AdaptiveExitExecutor()
     assert executor.ladder == EscalationLadder.default()
     assert [executor.mode_for(f) for f in range(4)] == [
@@ -319,7 +319,8 @@ def test_adaptive_exit_fallback_to_market_order() -> None:
 
 
 def test_adaptive_executor_with_market_first_ladder() -> None:
-    # The seed's AdaptiveExitExecutor::new(ExitMode::MarketOrder): market from the start.
+    # AdaptiveExitExecutor::new(ExitMode::MarketOrder) in the original design: market from
+    # the start.
     executor = AdaptiveExitExecutor(
         EscalationLadder((EscalationStep(OrderMode.MARKET, 300, priority_fee=5),))
     )

@@ -1,4 +1,4 @@
-"""BoundedRetryExecutor: the seed's Part 5.1 tests, ported, plus the budget bounds.
+"""BoundedRetryExecutor: retries, give-ups and the budget bounds.
 
 Timing runs in virtual time (``run_virtual``), so elapsed times are exact; two tests at the
 end run on the real clock to prove the real-time path.
@@ -37,8 +37,8 @@ def always(error_class: ErrorClass) -> Callable[[BaseException], ErrorClass]:
     return lambda _exc: error_class
 
 
-def seed_classifier(exc: BaseException) -> ErrorClass:
-    """The seed's 5.5 / 5.6 classifier: 'timeout' in the text means RpcTimeout."""
+def timeout_in_text(exc: BaseException) -> ErrorClass:
+    """'timeout' anywhere in the error's text means RpcTimeout; anything else is unknown."""
     return ErrorClass.RPC_TIMEOUT if "timeout" in str(exc) else ErrorClass.UNKNOWN
 
 
@@ -57,7 +57,7 @@ async def timed_failure(awaitable: Awaitable[object]) -> tuple[RetryExhaustedErr
     return info.value, loop.time() - start
 
 
-# -- Seed 5.1 ----------------------------------------------------------------------------
+# -- Retry, give up, exhaust the attempts or the budget -------------------------------------
 
 
 def test_retry_succeeds_on_second_attempt() -> None:
@@ -129,10 +129,11 @@ def test_max_attempts_exhaustion() -> None:
 
 
 def test_total_timeout_exceeded() -> None:
-    # Seed: 100 attempts allowed, 1 s between attempts, 2.5 s in all; asserts
+    # 100 attempts allowed, 1 s between attempts, 2.5 s in all. The original design asserts
     # 2500 ms <= elapsed < 4000 ms on a real clock. In virtual time the bound is exact: the
     # third backoff is cut from 1 s to the 0.5 s left, so the executor gives up at exactly
-    # 2.5 s instead of sleeping past its own budget (the seed's executor gives up at ~3 s).
+    # 2.5 s instead of sleeping past its own budget (the original design's executor gives up
+    # at ~3 s).
     policy = RetryPolicy(
         max_attempts=100, initial_backoff=1.0, max_backoff=1.0, backoff_multiplier=1.0,
         total_timeout=2.5, retryable=RPC_ONLY,
@@ -150,7 +151,7 @@ def test_total_timeout_exceeded() -> None:
     err, elapsed = run_virtual(
         timed_failure(executor.execute(operation, always(ErrorClass.RPC_TIMEOUT)))
     )
-    assert 2.5 <= elapsed < 4.0  # the seed's own bounds
+    assert 2.5 <= elapsed < 4.0  # the original design's own bounds
     assert elapsed == pytest.approx(2.5, abs=1e-9)  # and in virtual time, exactly the budget
     assert err.elapsed == pytest.approx(2.5, abs=1e-9)
     assert err.attempts == 3
@@ -159,7 +160,7 @@ def test_total_timeout_exceeded() -> None:
     assert "total timeout (2.5s) exceeded" in err.reason
 
 
-# -- Seed 5.5 / 5.6 (the retry parts) -----------------------------------------------------
+# -- RPC timeouts during an exit ------------------------------------------------------------
 
 
 def test_exit_retry_after_rpc_timeout() -> None:
@@ -173,13 +174,14 @@ def test_exit_retry_after_rpc_timeout() -> None:
         if attempt_count == 1:
             raise RuntimeError("RPC timeout: connection reset")
 
-    result, elapsed = run_virtual(timed(executor.execute(operation, seed_classifier)))
+    result, elapsed = run_virtual(timed(executor.execute(operation, timeout_in_text)))
     assert result is None
     assert attempt_count == 2  # required 2 attempts
     assert elapsed == pytest.approx(0.5)  # the exit policy's first backoff
 
 
-def test_bug_003_scenario_with_defensive_fix() -> None:
+def test_rpc_timeouts_give_up_after_two_attempts_and_halt_on_two_failures_is_threshold_2(
+) -> None:
     executor = BoundedRetryExecutor(RetryPolicy.exit_policy())
     attempts = 0
 
@@ -189,23 +191,23 @@ def test_bug_003_scenario_with_defensive_fix() -> None:
         if attempts <= 2:
             raise RuntimeError("RPC timeout")
 
-    err, elapsed = run_virtual(timed_failure(executor.execute(operation, seed_classifier)))
+    err, elapsed = run_virtual(timed_failure(executor.execute(operation, timeout_in_text)))
     # With the fix: fails after 2 attempts, well within the 20 s budget.
     assert attempts == 2
     assert err.attempts == 2
     assert elapsed <= 20.0
     assert elapsed == pytest.approx(0.5)
 
-    # The seed builds `ExitCircuitBreaker::new(1)` with the comment "Halt on 2 failures",
-    # then asserts HaltTrading on the second failure. A threshold means "opens on the Nth
-    # consecutive failure" (DESIGN.md 5.6), so "halt on 2 failures" is threshold 2: the
-    # first failure continues, the second halts.
+    # The original design builds `ExitCircuitBreaker::new(1)` with the comment "Halt on 2
+    # failures", then asserts HaltTrading on the second failure. A threshold means "opens on
+    # the Nth consecutive failure" (breaker.py's docstring), so "halt on 2 failures" is
+    # threshold 2: the first failure continues, the second halts.
     breaker = CircuitBreaker(2)
     assert breaker.record_failure() is BreakerAction.CONTINUE
     assert breaker.record_failure() is BreakerAction.HALT_TRADING
     assert not breaker.should_accept_exit()
-    # With the seed's literal threshold 1 the very first failure already halts, which is
-    # what its comment contradicts.
+    # With the literal threshold 1 the very first failure already halts, which is what the
+    # comment contradicts.
     assert CircuitBreaker(1).record_failure() is BreakerAction.HALT_TRADING
 
 

@@ -1,4 +1,4 @@
-"""ExitStateMachine: the seed's Part 5.3 tests, ported and corrected, and the full table."""
+"""ExitStateMachine: allowed and refused transitions, the deadline, and the full table."""
 
 from __future__ import annotations
 
@@ -53,12 +53,12 @@ def machine_at(state: ExitState, clock: FakeClock) -> ExitStateMachine:
     return machine
 
 
-# -- Seed 5.3 ----------------------------------------------------------------------------
+# -- Transitions, history, the deadline -----------------------------------------------------
 
 
-def test_valid_transition_signal_to_submitted() -> None:
-    # The seed's name says "signal to submitted" but its body moves PositionOpen ->
-    # ExitSignalReceived, which its own validator forgets (DESIGN.md 5.7). Both steps here.
+def test_position_open_reaches_submitted_through_exit_signal_received() -> None:
+    # The original design's test is named "signal to submitted" but moves PositionOpen ->
+    # ExitSignalReceived, which its own validator forgets. Both steps here.
     sm = ExitStateMachine()
     record = sm.transition(S.EXIT_SIGNAL_RECEIVED, detail="stop_loss at 95.0")
     assert record.from_state is S.POSITION_OPEN
@@ -68,8 +68,8 @@ def test_valid_transition_signal_to_submitted() -> None:
     assert sm.history[-1].tx_id == "tx1"
 
 
-def test_invalid_transition_closed_to_submitted() -> None:
-    # The seed "moves to closed" straight from PositionOpen and unwraps it, but its own
+def test_closed_is_reached_only_through_a_submission_and_then_refuses_a_new_one() -> None:
+    # The original design "moves to closed" straight from PositionOpen and unwraps it, but its own
     # validator only allows Submitted -> Closed, so the setup itself would fail. Corrected:
     # the direct jump is refused, the closed state is reached through a real submission,
     # and from there a new submission is refused (a terminal state accepts nothing).
@@ -99,11 +99,11 @@ def test_state_history_tracking() -> None:
     assert sm.history[-1].to_state is S.EXIT_SIGNAL_RECEIVED
 
 
-def test_deadline_enforcement() -> None:
-    # The seed sleeps 100 ms and asserts nothing ("in a real test, we'd mock the
+def test_past_the_deadline_a_submission_is_refused_but_a_failure_is_recorded_late() -> None:
+    # The original design sleeps 100 ms and asserts nothing ("in a real test, we'd mock the
     # deadline"). Made real in virtual time: past the deadline a new submission is refused
-    # (state unchanged), but recording the failure is allowed and marked late - the seed's
-    # deadline check inside `transition` would forbid recording ExitFailed once late.
+    # (state unchanged), but recording the failure is allowed and marked late - the original
+    # design's deadline check inside `transition` would forbid recording ExitFailed once late.
     async def main() -> tuple[ExitStateMachine, TransitionRecord, TransitionRecord]:
         sm = ExitStateMachine(ExitDeadline(30.0))
         early = sm.transition(S.EXIT_SIGNAL_RECEIVED)
@@ -192,7 +192,7 @@ def test_terminal_states_accept_nothing(terminal: ExitState) -> None:
 def test_the_table_says_what_the_design_says() -> None:
     terminal = {S.POSITION_CLOSED, S.EXIT_FAILED, S.EXIT_REFUSED, S.EXIT_UNRESOLVED}
     assert terminal == TERMINAL_STATES
-    assert S.EXIT_SIGNAL_RECEIVED in ALLOWED[S.POSITION_OPEN]  # the seed forgets it
+    assert S.EXIT_SIGNAL_RECEIVED in ALLOWED[S.POSITION_OPEN]  # the original design forgets it
     for state in ExitState:  # failure can be recorded from every non-terminal state
         assert (S.EXIT_FAILED in ALLOWED[state]) is (not state.is_terminal)
     # Nothing is sent while an earlier submission's outcome is unknown.

@@ -1,4 +1,4 @@
-"""ExitAttemptTracker: the seed's Part 5.2 tests, ported, plus the time bound and bad input."""
+"""ExitAttemptTracker: attempts counted, the emergency halt, the time bound and bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from exitguard.testing import FakeClock
 from exitguard.tracker import TrackerState
 from exitguard.vtime import run_virtual
 
-# -- Seed 5.2 ----------------------------------------------------------------------------
+# -- Attempts up to the limit, then the emergency halt ------------------------------------
 
 
 def test_first_attempt_recorded() -> None:
@@ -27,7 +27,7 @@ def test_second_attempt_allowed_within_threshold() -> None:
     clock = FakeClock()
     tracker = ExitAttemptTracker(2, clock=clock)
     tracker.record_attempt()
-    clock.advance(0.1)  # the seed sleeps 100 ms; an injected clock makes it exact
+    clock.advance(0.1)  # 100 ms between attempts, exact with an injected clock
     assert tracker.record_attempt() == 2
     assert not tracker.is_halted()
 
@@ -47,8 +47,8 @@ def test_emergency_halt_after_max_attempts() -> None:
     assert tracker.attempts == 2
 
 
-def test_no_attempts_after_halt() -> None:
-    # The seed uses `new(1)` and then *unwraps* the second attempt with the comment "This
+def test_with_one_attempt_allowed_the_second_halts_and_every_later_one_fails() -> None:
+    # The original design uses `new(1)` and then *unwraps* the second attempt with the comment "This
     # halts", which would panic: with one attempt allowed, the second attempt is the one
     # that halts, so it must fail. Corrected: the second attempt raises and halts, and
     # every further attempt fails too.
@@ -64,7 +64,7 @@ def test_no_attempts_after_halt() -> None:
     assert tracker.attempts == 1
 
 
-# -- Beyond the seed ------------------------------------------------------------------------
+# -- The time bound, more attempts, reset, bad input -----------------------------------------
 
 
 def test_attempt_past_the_emergency_threshold_halts() -> None:

@@ -125,7 +125,7 @@ def test_every_scenario_runs_and_the_guard_never_double_sells(name: str) -> None
 
 def test_outage_trips_the_breaker_and_routes_to_the_backup() -> None:
     result = run_demo("outage", 1)
-    assert result.naive.exit_time_s is None  # the seed retries a permanent error forever
+    assert result.naive.exit_time_s is None  # the naive exit retries a permanent error forever
     assert result.guarded.statuses[-1] == "closed"
     assert result.guarded.statuses[:3] == ("failed", "failed", "failed")
 
@@ -226,7 +226,7 @@ def _p(figures: dict[str, Any], metric: str, q: str) -> float:
     return float("inf") if value is None else float(value)
 
 
-def test_the_guard_beats_the_seed(monte_carlo: dict[str, Any]) -> None:
+def test_the_guard_beats_the_naive_exit(monte_carlo: dict[str, Any]) -> None:
     naive, guarded = _figures(monte_carlo, "naive"), _figures(monte_carlo, "guarded")
     assert _p(guarded, "loss_pct", "p95") < _p(naive, "loss_pct", "p95") - 5
     assert _p(guarded, "exit_time_s", "p95") < _p(naive, "exit_time_s", "p95")
