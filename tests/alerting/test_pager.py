@@ -202,7 +202,9 @@ def test_suppressed_events_ride_on_the_page_at_the_end_of_the_interval(
     first, second = services.wait_for_requests("/slack", count=2, timeout=10)
     assert "suppressed" not in first.text
     assert "suppressed: 9 more breaker_open event(s)" in second.text
-    assert second.at - first.at >= interval * 0.9
+    # Held back to the end of the interval, not sent at once. (Half the interval: the first
+    # request may reach the sink later than it was sent, on a loaded machine.)
+    assert second.at - first.at >= interval * 0.5
     time.sleep(interval * 2)  # the interval ended with nothing held back: no third page
     assert len(services.requests("/slack")) == 2
 
@@ -234,8 +236,11 @@ def test_hanging_and_failing_webhooks_never_block_the_caller(
         return calls, lag, loop.time() - started
 
     calls, lag, drained_in = asyncio.run(trading())
-    assert max(calls) < 0.05, f"a hook call took {max(calls) * 1000:.1f} ms"
-    assert lag < 0.1, f"the event loop stalled for {lag * 1000:.0f} ms"
+    # A hook call (or the loop) that waited on the hanging webhook would take the 0.5 s page
+    # timeout; half of it catches that and stays above scheduling noise on a loaded 2-core
+    # machine (a failing webhook answers at once: no timing can tell, the counts below do).
+    assert max(calls) < 0.25, f"a hook call took {max(calls) * 1000:.1f} ms"
+    assert lag < 0.25, f"the event loop stalled for {lag * 1000:.0f} ms"
     assert drained_in < 0.5 + 3, "drain is bounded by the page timeout"
     # Discord really hung (pages queued behind the hung ones time out before being sent).
     assert 1 <= len(services.requests("/discord")) < 20
@@ -275,7 +280,7 @@ def test_a_closed_pager_ignores_events(
 def test_without_urls_the_pager_is_a_no_op(registry: CollectorRegistry) -> None:
     pager = Pager(registry=registry)
     assert not pager.enabled
-    assert trip(pager) < 0.05
+    assert trip(pager) < 0.25  # nothing to wait on (0.25 s: noise on a loaded machine)
     asyncio.run(pager.aclose())
 
 

@@ -25,8 +25,11 @@ def test_hanging_confirmation_is_bounded_by_the_real_deadline() -> None:
 
     status, elapsed, wall = asyncio.run(main())
     assert status is ExitStatus.UNRESOLVED
-    assert elapsed <= 0.5 + 0.05
-    assert 0.3 <= wall <= 0.5 + 0.2  # generous: shared machine
+    # Ends at the 0.5 s deadline, not at the hang's 1e9 s or after another 0.3 s attempt.
+    # 0.2 s over: timers firing late on a loaded 2-core machine (loop stalls over 100 ms were
+    # seen there); the exact bound is checked in virtual time (test_guard.py).
+    assert elapsed <= 0.5 + 0.2
+    assert 0.3 <= wall <= 0.5 + 0.25
 
 
 def test_timeout_then_landing_reconciles_in_real_time() -> None:

@@ -22,4 +22,3 @@ HANG_FOREVER = TxPlan(hang=True, lands_after=None, expires_after=1e9)
 
 REAL_POLICY = RetryPolicy(total_timeout=0.25, attempt_timeout=0.15, min_attempt_time=0.05)
 REAL_DEADLINE = 0.3
-REAL_SLACK = 0.05  # scheduling slack allowed on a shared machine, seconds

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from prometheus_client import CollectorRegistry
 
 from exitguard import (
@@ -41,7 +41,6 @@ from tests.support.faults import (
     PRICE,
     REAL_DEADLINE,
     REAL_POLICY,
-    REAL_SLACK,
 )
 from tests.support.logs import LogRecords
 from tests.support.servers import free_port
@@ -71,24 +70,22 @@ def _loop_lag_monitor(stop: asyncio.Event, lags: list[float]) -> Coroutine[Any, 
     return watch()
 
 
-def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
-    list[ExitOutcome], list[float], float, Any, int, int, LogRecords
-]:
-    """``exits`` exits (a quarter hang: UNRESOLVED) with traces to ``endpoint`` and metrics,
-    twelve at a time; returns the outcomes, loop lags, the time shutdown took, the registry,
-    the number of spans ended, the failed batches counted and the export's log records."""
-    class Ended(SpanProcessor):
-        def __init__(self) -> None:
-            self.count = 0
+#: The export timeout the tests configure, seconds.
+EXPORT_TIMEOUT = 0.5
+#: How much later than the control run (the same exits without tracing, in the same test) an
+#: exit may end or the event loop may stall. An export the loop waited on would block it for
+#: up to the export timeout (a collector that hangs), so half of it still catches that, while
+#: scheduling noise on a loaded 2-core machine (a loop stall of 123 ms was seen there with a
+#: 100 ms limit, and the control absorbs most of it) stays well below. (A collector that is
+#: down refuses at once: waiting on it would cost no measurable time, and the counts below
+#: are what show that case is handled.)
+STALL_MARGIN = EXPORT_TIMEOUT / 2
 
-        def on_end(self, span: ReadableSpan) -> None:
-            self.count += 1
 
-    ended = Ended()
-    provider = telemetry.configure_tracing(endpoint, set_global=False, timeout=0.5,
-                                           schedule_delay=0.05)
-    provider.add_span_processor(ended)
-    registry = CollectorRegistry()
+def _exits(provider: TracerProvider | None, registry: CollectorRegistry, exits: int = 120,
+           ) -> tuple[list[ExitOutcome], list[float]]:
+    """``exits`` exits (a quarter hang: UNRESOLVED), twelve at a time, with metrics, and with
+    traces when ``provider`` is given; returns the outcomes and the event loop's lags."""
     venue = FaultyVenue(
         lambda i: HANG_FOREVER if i % 4 == 0 else TxPlan(confirm_after=0.01, lands_after=0.01),
         price=PRICE,
@@ -97,7 +94,10 @@ def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
     async def main() -> tuple[list[ExitOutcome], list[float]]:
         guard = ExitGuard(venue, policy=REAL_POLICY, deadline=REAL_DEADLINE, name="traced",
                           breaker=CircuitBreaker(10**6), background_reconcile_for=0.2)
-        telemetry.instrument(guard, registry=registry, tracer_provider=provider, logs=False)
+        if provider is None:
+            telemetry.instrument(guard, registry=registry, traces=False, logs=False)
+        else:
+            telemetry.instrument(guard, registry=registry, tracer_provider=provider, logs=False)
         stop, lags = asyncio.Event(), list[float]()
         monitor = asyncio.ensure_future(_loop_lag_monitor(stop, lags))
         outcomes: list[ExitOutcome] = []
@@ -111,6 +111,36 @@ def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
         await guard.aclose()
         return outcomes, lags
 
+    outcomes, lags = asyncio.run(main())
+    assert venue.violations == []
+    return outcomes, lags
+
+
+def _control() -> tuple[list[ExitOutcome], list[float]]:
+    """The same exits without tracing, run in the same test: how late exits end and how long
+    the loop stalls on this machine right now, whatever else it is doing."""
+    return _exits(None, CollectorRegistry())
+
+
+def _exits_with_tracing(endpoint: str) -> tuple[
+    list[ExitOutcome], list[float], float, Any, int, int, LogRecords
+]:
+    """The exits of ``_exits`` with traces to ``endpoint``; returns the outcomes, loop lags,
+    the time shutdown took, the registry, the number of spans ended, the failed batches
+    counted and the export's log records."""
+    class Ended(SpanProcessor):
+        def __init__(self) -> None:
+            self.count = 0
+
+        def on_end(self, span: ReadableSpan) -> None:
+            self.count += 1
+
+    ended = Ended()
+    provider = telemetry.configure_tracing(endpoint, set_global=False, timeout=EXPORT_TIMEOUT,
+                                           schedule_delay=0.05)
+    provider.add_span_processor(ended)
+    registry = CollectorRegistry()
+
     records = LogRecords()
     watched = [logging.getLogger(name) for name in (
         "exitguard.telemetry", "opentelemetry.exporter.otlp.proto.http.trace_exporter")]
@@ -118,27 +148,36 @@ def _exits_with_tracing(endpoint: str, exits: int = 120) -> tuple[
         logger.addHandler(records)
     before = TRACE_EXPORT_FAILURES.total
     try:
-        outcomes, lags = asyncio.run(main())
+        outcomes, lags = _exits(provider, registry)
         started = time.perf_counter()
         telemetry.shutdown_tracing(provider, timeout=2.0)
         shutdown = time.perf_counter() - started
     finally:
         for logger in watched:
             logger.removeHandler(records)
-    assert venue.violations == []
     scraped = registry.get_sample_value(catalogue.TRACE_EXPORT_FAILURES.name)
     assert scraped == TRACE_EXPORT_FAILURES.total
     return (outcomes, lags, shutdown, registry, ended.count,
             TRACE_EXPORT_FAILURES.total - before, records)
 
 
-def _assert_unharmed(outcomes: list[ExitOutcome], lags: list[float], shutdown: float,
+def _assert_unharmed(control: tuple[list[ExitOutcome], list[float]],
+                     outcomes: list[ExitOutcome], lags: list[float], shutdown: float,
                      registry: Any, spans: int, failed: int, records: LogRecords) -> None:
-    assert all(o.elapsed_s <= REAL_DEADLINE + REAL_SLACK for o in outcomes)
+    control_outcomes, control_lags = control
+    # Exits end by their deadline, or no later than the same exits without tracing did.
+    latest = max(REAL_DEADLINE, *(o.elapsed_s for o in control_outcomes)) + STALL_MARGIN
+    assert all(o.elapsed_s <= latest for o in outcomes), (
+        max(o.elapsed_s for o in outcomes), latest)
     statuses = Counter(o.status for o in outcomes)
     assert statuses == {ExitStatus.CLOSED: 90, ExitStatus.UNRESOLVED: 30}
-    assert max(lags) < 0.1, f"the event loop stalled for {max(lags) * 1000:.0f} ms"
-    assert shutdown <= 2.0 + 0.5  # bounded, whatever the collector does
+    stall, control_stall = max(lags), max(control_lags)
+    assert stall < control_stall + STALL_MARGIN, (
+        f"the event loop stalled for {stall * 1000:.0f} ms "
+        f"({control_stall * 1000:.0f} ms without tracing)")
+    # Bounded, whatever the collector does (shutdown_tracing's timeout, plus a second for a
+    # loaded machine: a collector that hangs would hold an unbounded shutdown forever).
+    assert shutdown <= 2.0 + 1.0
     # Metrics are untouched by the traces' trouble: each exit counted once.
     for status, count in statuses.items():
         value = registry.get_sample_value(
@@ -156,14 +195,16 @@ def _assert_unharmed(outcomes: list[ExitOutcome], lags: list[float], shutdown: f
 
 
 def test_an_otlp_collector_that_is_down_never_slows_an_exit() -> None:
+    control = _control()
     endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
-    _assert_unharmed(*_exits_with_tracing(endpoint))
+    _assert_unharmed(control, *_exits_with_tracing(endpoint))
 
 
 def test_an_otlp_collector_that_hangs_never_slows_an_exit() -> None:
+    control = _control()
     collector = BlackHoleCollector()
     try:
-        _assert_unharmed(*_exits_with_tracing(f"http://127.0.0.1:{collector.port}/v1/traces"))
+        _assert_unharmed(control, *_exits_with_tracing(f"http://127.0.0.1:{collector.port}/v1/traces"))
     finally:
         collector.close()
 
