@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,22 +14,12 @@ import yaml
 from exitguard import catalogue as cat
 from exitguard import dashboards as dash
 from tests.support import REPO
+from tests.support.servers import require_binary
 
 COMMITTED = REPO / "dashboards"
 METRIC_TOKEN = re.compile(r"\bexitguard_[A-Za-z0-9_:]*")
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.*),\s*(?P<label>\w+)\)$")
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__all"}
-
-
-def _require(binary: str) -> str:
-    """The binary's path; fails in CI (a missing tool must not pass silently), else skips."""
-    path = shutil.which(binary)
-    if path is not None:
-        return path
-    message = f"{binary} not found on PATH (Debian package 'prometheus' provides promtool)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +342,7 @@ def test_queries_are_balanced_after_substitution(model: dict[str, Any]) -> None:
 def test_queries_parse_with_promtool(model: dict[str, Any], tmp_path: Path) -> None:
     """promtool has no offline query parser, but it parses every rule expression: each
     dashboard query becomes a recording rule in a throw-away file."""
-    promtool = _require("promtool")
+    promtool = require_binary("promtool")
     rules = [
         {"record": f"dashboard:query_{i}", "expr": dash.substitute_variables(_promql(w, t), {})}
         for i, (w, t) in enumerate(_all_queries(model))
@@ -371,7 +359,7 @@ def test_queries_parse_with_promtool(model: dict[str, Any], tmp_path: Path) -> N
 
 def test_promtool_check_catches_a_broken_query(tmp_path: Path) -> None:
     """The parse check above can fail: a query with a missing bracket is rejected."""
-    promtool = _require("promtool")
+    promtool = require_binary("promtool")
     path = tmp_path / "broken.rules.yml"
     broken = {"record": "dashboard:broken", "expr": "sum(rate(x[1m])"}
     path.write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": [broken]}]}))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,27 +19,13 @@ import yaml
 
 from exitguard import dashboards as dash
 from tests.support import REPO
+from tests.support.servers import require_binary
 
 STACK = REPO / "stack"
 SERVICES = {"bot", "prometheus", "alertmanager", "grafana", "otel-collector", "tempo"}
 STATEFUL = {"prometheus": "/prometheus", "alertmanager": "/alertmanager",
             "grafana": "/var/lib/grafana", "tempo": "/var/tempo"}
 SECRET_FILES = ("slack_webhook_url", "discord_webhook_url")
-
-
-def _require(binary: str) -> str:
-    """The binary's path; fails in CI (a missing tool must not pass silently), else skips."""
-    path = shutil.which(binary)
-    if path is not None:
-        return path
-    package = {"promtool": "prometheus"}.get(binary, binary)
-    message = (
-        f"{binary} not found on PATH: install Debian's {package!r} package"
-        f" (apt-get install --no-install-recommends {package})"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _compose_env(**overrides: str | None) -> dict[str, str]:
@@ -57,7 +42,7 @@ def _compose_env(**overrides: str | None) -> dict[str, str]:
 
 
 def _compose_config(**env: str | None) -> subprocess.CompletedProcess[str]:
-    binary = _require("docker-compose")
+    binary = require_binary("docker-compose")
     return subprocess.run(
         [binary, "-f", "docker-compose.yml", "config"], cwd=REPO, env=_compose_env(**env),
         capture_output=True, text=True, timeout=120, check=False,
@@ -256,7 +241,7 @@ def test_prometheus_service_matches_its_config(compose: dict[str, Any]) -> None:
 def test_promtool_check_config(tmp_path: Path) -> None:
     """Rule paths in stack/prometheus.yml are container paths: check a copy pointing at the
     repository's rules (or with no rules while alerts/ has none yet)."""
-    promtool = _require("promtool")
+    promtool = require_binary("promtool")
     config = _load(STACK / "prometheus.yml")
     rules = REPO / "alerts/exitguard.rules.yml"
     if rules.is_file():

@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -31,6 +29,7 @@ from exitguard.telemetry import (
 )
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
 from tests.support import REPO
+from tests.support.tracing import in_memory_tracing
 
 POSITION = Position("pos-9", "SOL", 10.0, 100.0)
 
@@ -40,9 +39,7 @@ class Kit:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.provider, self.exporter = in_memory_tracing()
         self.hooks = hooks(registry=self.registry, tracer_provider=self.provider)
 
     def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

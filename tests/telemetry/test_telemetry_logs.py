@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from structlog.testing import capture_logs
 
@@ -37,6 +35,7 @@ from exitguard.telemetry import (
     stdlib_formatter,
 )
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
+from tests.support.tracing import in_memory_tracing
 
 POSITION = Position("pos-3", "SOL", 10.0, 100.0)
 HEX32, HEX16 = 32, 16
@@ -55,9 +54,7 @@ def clean_logging() -> Iterator[None]:
 def traced_guard_run(
     venue: ScriptedVenue, *, log_hooks: LogHooks | None = None, **options: Any
 ) -> tuple[ExitOutcome, list[ReadableSpan]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = in_memory_tracing()
 
     async def main() -> ExitOutcome:
         guard = ExitGuard(venue, name="bot", **options)

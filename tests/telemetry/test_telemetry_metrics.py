@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import (
@@ -47,6 +45,7 @@ from exitguard.telemetry import (
     serve_metrics,
 )
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
+from tests.support.tracing import in_memory_tracing
 
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -109,13 +108,6 @@ def server(registry: CollectorRegistry) -> Iterator[MetricsServer]:
         running.close()
 
 
-def traced() -> tuple[TracerProvider, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider, exporter
-
-
 def run_guard(
     venue: ScriptedVenue,
     registry: CollectorRegistry,
@@ -143,7 +135,7 @@ A = cat.EXIT_ATTEMPTS.name
 
 def test_first_attempt_success(registry: CollectorRegistry, server: MetricsServer) -> None:
     before = scrape(server)
-    provider, exporter = traced()
+    provider, exporter = in_memory_tracing()
     outcome, _ = run_guard(ScriptedVenue([TxPlan(price=94.4)], price=95.0), registry,
                            traces=provider)
     assert outcome.status is ExitStatus.CLOSED
@@ -195,9 +187,7 @@ def test_an_unsampled_exit_has_no_exemplar(
     registry: CollectorRegistry, server: MetricsServer
 ) -> None:
     # Its trace id would link a bucket to a trace no store has.
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ALWAYS_OFF)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = in_memory_tracing(sampler=ALWAYS_OFF)
     outcome, _ = run_guard(ScriptedVenue([TxPlan(price=94.4)], price=95.0), registry,
                            traces=provider)
     assert outcome.status is ExitStatus.CLOSED
