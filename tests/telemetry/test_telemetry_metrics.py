@@ -44,7 +44,7 @@ from exitguard.telemetry import (
     instrument,
     serve_metrics,
 )
-from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
+from exitguard.testing import FaultyVenue, ScriptedVenue, TxPlan, run_virtual
 from tests.support.tracing import in_memory_tracing
 
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)
@@ -506,11 +506,6 @@ def test_retry_policy_with_backoff_counts_each_retry(
     assert moved[key(cat.EXITS_RETRIED.name, guard="bot")] == 1
 
 
-class _LookupDown(ScriptedVenue):
-    async def lookup(self, submission: Any) -> Any:
-        raise ConnectionResetError("rpc down")
-
-
 class _BrokenPart(NoopHooks):
     """A telemetry part that raises inside ``TelemetryHooks`` (which isolates it)."""
 
@@ -529,8 +524,9 @@ def test_absorbed_faults_are_counted_once_each_and_scraped(
     def classify(exc: BaseException) -> ErrorClass:
         raise ValueError("classifier bug")
 
-    venue = _LookupDown([TxPlan(hang=True, lands_after=None, expires_after=1e9),
-                         TxPlan(send_error=NetworkError("reset"))], price=95.0)
+    venue = FaultyVenue([TxPlan(hang=True, lands_after=None, expires_after=1e9),
+                         TxPlan(send_error=NetworkError("reset"))], price=95.0,
+                        raises={"lookup": ConnectionResetError("rpc down")})
 
     async def main() -> ExitGuard:
         guard = ExitGuard(venue, name="bot", hooks=_BrokenHook(), classify=classify,
