@@ -5,7 +5,7 @@ Doubles a user of exitguard would want too (ScriptedVenue, FaultyVenue, FakeCloc
 RecordingHooks, run_virtual) are public in ``exitguard.testing``; helpers that are not
 fixtures (real local servers, the OTLP receiver, log collection, the fault tests' settings)
 are in ``tests/support``. Third-party imports stay inside the fixtures, so the core's tests
-collect with the standard library and exitguard alone.
+collect without the telemetry and alerting dependencies installed.
 """
 
 from __future__ import annotations
