@@ -4,7 +4,10 @@
 whose every submission follows a ``TxPlan`` (send failure, slow or hanging confirmation,
 late landing, expiry, partial fill) and which keeps the ground truth, so a test can assert
 what was really sold and that nothing was sent while an earlier order could still land.
-``RecordingHooks`` captures every hook event in order, as (name, payload) pairs.
+``RecordingHooks`` captures every hook event in order. ``FaultyVenue`` is a ScriptedVenue whose
+answers can be replaced by an exception or garbage, to check what your code does when a venue
+misbehaves in ways no plan describes. ``FakeClock`` is a clock you move by hand, for the parts
+that take a ``clock=`` (CircuitBreaker, ExitDeadline, ExitAttemptTracker, ...).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
 from .vtime import VirtualTimeLoop, run_virtual
 
 __all__ = [
+    "FakeClock",
+    "FaultyVenue",
     "RecordingHooks",
     "ScriptedVenue",
     "SentTx",
@@ -253,3 +258,79 @@ class RecordingHooks:
     def __call__(self, event: HookEvent) -> Callable[[ExitEvent], None]:
         self.record(event)
         return self.record  # also each exit's observer
+
+    def payloads(self, name: str) -> list[Any]:
+        """The payloads of the ``name`` events (e.g. ``"late_fill"``), in order."""
+        return [payload for event, payload in self.events if event == name]
+
+
+class FakeClock:
+    """A clock that stands still until told to move: pass it as ``clock=`` and call
+    :meth:`advance` (or set :attr:`now`) to make time pass, without sleeping or an event loop."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.now += seconds
+
+
+class FaultyVenue(ScriptedVenue):
+    """A ScriptedVenue whose answers can be replaced, for faults a ``TxPlan`` cannot describe.
+
+    ``raises[method]`` (``"price"``, ``"submit"``, ``"confirm"`` or ``"lookup"``) is raised
+    instead of calling the method, once ``raise_after`` calls to that method went through;
+    ``garbage[method]`` turns the truthful answer into whatever it returns. The ground truth
+    (``sent``, ``sold_eventually``, ``violations``) stays that of the ScriptedVenue underneath:
+    a submission whose answer was spoiled was still sent. ``calls`` counts the calls per method.
+    """
+
+    def __init__(
+        self,
+        plans: Sequence[TxPlan] | Callable[[int], TxPlan] = (),
+        *,
+        raises: dict[str, BaseException] | None = None,
+        garbage: dict[str, Callable[[Any], Any]] | None = None,
+        raise_after: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(plans, **options)
+        self.raises = raises or {}
+        self.garbage = garbage or {}
+        self.raise_after = raise_after
+        self.calls: dict[str, int] = {}
+
+    def _fault(self, method: str) -> None:
+        count = self.calls.get(method, 0)
+        self.calls[method] = count + 1
+        error = self.raises.get(method)
+        if error is not None and count >= self.raise_after:
+            raise error
+
+    def _spoil(self, method: str, answer: Any) -> Any:
+        spoil = self.garbage.get(method)
+        return spoil(answer) if spoil is not None else answer
+
+    async def price(self, position: Position) -> float:
+        self._fault("price")
+        answer: float = self._spoil("price", await super().price(position))
+        return answer
+
+    async def submit(self, order: ExitOrder) -> Submission:
+        self._fault("submit")
+        answer: Submission = self._spoil("submit", await super().submit(order))
+        return answer
+
+    async def confirm(self, submission: Submission) -> Fill:
+        self._fault("confirm")
+        answer: Fill = self._spoil("confirm", await super().confirm(submission))
+        return answer
+
+    async def lookup(self, submission: Submission) -> Lookup:
+        self._fault("lookup")
+        answer: Lookup = self._spoil("lookup", await super().lookup(submission))
+        return answer
