@@ -21,13 +21,12 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .book import PositionBook
 from .breaker import BreakerState, CircuitBreaker, Permit
 from .calls import VenueCalls
 from .errors import Classifier, ConfigError, default_classifier
-from .exit_run import ExitRun
+from .exit_run import ExitRun, Route
 from .faults import FaultCounts, FaultSource
 from .halt import HaltRecord, TradingHalt
 from .hooks import ExitInfo, Hooks, SafeHooks, as_safe_hooks
@@ -48,15 +47,6 @@ MIN_RECONCILE_INTERVAL = 0.01
 def venue_name(venue: object) -> str:
     name = getattr(venue, "name", None)
     return name if isinstance(name, str) and name else type(venue).__name__
-
-
-@dataclass(slots=True)
-class Route:
-    """A venue and the breaker that guards it."""
-
-    venue: Venue
-    breaker: CircuitBreaker
-    name: str
 
 
 class ExitGuard:

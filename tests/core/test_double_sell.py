@@ -379,7 +379,7 @@ def test_a_venue_that_swallows_cancellation_cannot_hold_the_exit(method: str) ->
                 await self._stall()
             return await super().lookup(submission)
 
-    venue = Stubborn([TxPlan(lands_after=None, expires_after=1e9)], price=95.0)
+    venue = Stubborn([TxPlan(lands_after=None, expires_after=1e5)], price=95.0)
 
     async def main() -> tuple[ExitOutcome, float, int]:
         guard = ExitGuard(venue, deadline=0.5, background_reconcile_for=1.0,
