@@ -26,6 +26,7 @@ from .book import PositionBook
 from .breaker import BreakerState, CircuitBreaker, Permit
 from .calls import VenueCalls
 from .errors import Classifier, ConfigError, default_classifier
+from .events import HaltNotSaved
 from .exit_run import ExitRun, Route
 from .faults import FaultCounts, FaultSource
 from .halt import HaltRecord, TradingHalt
@@ -123,6 +124,7 @@ class ExitGuard:
         if halt is not None:
             halt.on_halt(self._on_halt)
             halt.on_resume(self._on_resume)
+            halt.on_store_failure(self._on_halt_not_saved)
         self.pending_store = pending_store
         self.in_flight = 0
         self.faults = FaultCounts()
@@ -177,6 +179,10 @@ class ExitGuard:
     def _on_halt(self, record: HaltRecord) -> None:
         if self._hooks is not None:
             self._hooks.halted(self.name, record)
+
+    def _on_halt_not_saved(self, error: str) -> None:
+        if self._hooks is not None:
+            self._hooks.emit(HaltNotSaved(self.name, error))
 
     def _on_resume(self, record: HaltRecord) -> None:
         if self._hooks is not None:
