@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._validate import is_finite
 from .book import Pending, PositionBook, PositionEntry
 from .breaker import CircuitBreaker, Permit
 from .calls import VenueCalls
@@ -31,7 +32,7 @@ from .deadline import ExitDeadline
 from .errors import Classifier, ErrorClass, ExitError, InvalidVenueResponse
 from .faults import FaultCounts, FaultSource
 from .hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, SafeHooks, SafeObserver
-from .ledger import ExitLedger, describe_error, is_number
+from .ledger import ExitLedger, describe_error
 from .outcome import ExitOutcome, ExitStatus
 from .policy import EscalationLadder, RetryPolicy
 from .redaction import get_logger
@@ -356,7 +357,7 @@ class ExitRun:
         try:
             price = await self.guard.calls.call(lambda: venue.price(self.position), limit,
                                                 "price")
-            if is_number(price) and price > 0:
+            if is_finite(price) and price > 0:
                 self.last_price = float(price)
                 return self.last_price
             self._quote_failed(f"invalid price of type {type(price).__name__}")

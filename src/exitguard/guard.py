@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+from ._validate import is_finite
 from .book import PositionBook
 from .breaker import BreakerState, CircuitBreaker, Permit
 from .calls import VenueCalls
@@ -31,7 +32,7 @@ from .exit_run import ExitRun, Route
 from .faults import FaultCounts, FaultSource
 from .halt import HaltRecord, TradingHalt
 from .hooks import ExitInfo, Hooks, SafeHooks, as_safe_hooks
-from .ledger import describe_error, is_number
+from .ledger import describe_error
 from .outcome import ExitOutcome, ExitStatus
 from .pending import PendingStore
 from .policy import EscalationLadder, RetryPolicy
@@ -84,7 +85,7 @@ class ExitGuard:
             ("max_reconcile_interval", max_reconcile_interval),
             ("background_reconcile_for", background_reconcile_for),
         ):
-            if not (is_number(value) and value > 0):
+            if not (is_finite(value) and value > 0):
                 raise ConfigError("ExitGuard", field, "must be a finite number > 0", value)
         if reconcile_interval < MIN_RECONCILE_INTERVAL:
             raise ConfigError("ExitGuard", "reconcile_interval",
@@ -295,7 +296,7 @@ class ExitGuard:
         """
         if not isinstance(position, Position):
             raise TypeError(f"position must be an exitguard.Position, got {type(position)!r}")
-        if not (is_number(signal_price) and signal_price > 0):
+        if not (is_finite(signal_price) and signal_price > 0):
             raise ValueError(f"signal_price must be a finite number > 0, got {signal_price!r}")
         if not (math.isfinite(position.size) and position.size > 0):
             raise ValueError(f"position.size must be a finite number > 0, got {position.size!r}")
