@@ -27,6 +27,9 @@ from exitguard import CircuitBreaker, ExitGuard, InsufficientBalance, Position, 
 from exitguard.telemetry import LogHooks, configure_logging, configure_tracing
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
 
+#: A swap that fails on chain: confirm says so and nothing ever lands.
+FAILS_ON_CHAIN = TxPlan(confirm_error=InsufficientBalance("insufficient funds"), lands_after=None)
+
 ROOT = Path(__file__).resolve().parents[1]
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)
 #: The core's plain lines for events that structured logging reports.
@@ -53,7 +56,7 @@ def _trip_halt_resume_and_late_fill(hooks: Any) -> None:
 
     async def main() -> None:
         tripping = ExitGuard(
-            ScriptedVenue([TxPlan(confirm_error=InsufficientBalance("insufficient funds"))],
+            ScriptedVenue([FAILS_ON_CHAIN],
                           price=95.0),
             name="bot", hooks=hooks, breaker=CircuitBreaker(1, name="primary"), halt=halt)
         await tripping.exit(POSITION, signal_price=95.0)
@@ -105,7 +108,7 @@ def test_a_guard_without_structured_logs_keeps_its_lines_beside_one_with_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     logged, plain = CircuitBreaker(1, name="logged"), CircuitBreaker(1, name="plain")
-    failing = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
+    failing = FAILS_ON_CHAIN
 
     async def main() -> None:
         with_logs = ExitGuard(ScriptedVenue([failing], price=95.0), name="a",

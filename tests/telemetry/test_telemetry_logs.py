@@ -37,6 +37,9 @@ from exitguard.telemetry import (
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
 from tests.support.tracing import in_memory_tracing
 
+#: A swap that fails on chain: confirm says so and nothing ever lands.
+FAILS_ON_CHAIN = TxPlan(confirm_error=InsufficientBalance("insufficient funds"), lands_after=None)
+
 POSITION = Position("pos-3", "SOL", 10.0, 100.0)
 HEX32, HEX16 = 32, 16
 
@@ -166,7 +169,7 @@ def test_anything_unusual_is_logged_at_info_or_above() -> None:
 
 def test_failed_exit_breaker_halt_and_resume_events() -> None:
     halt = TradingHalt(approvers=["alice"])
-    plan = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
+    plan = FAILS_ON_CHAIN
     with capture_logs() as logs:
         outcome, _ = traced_guard_run(ScriptedVenue([plan], price=95.0),
                                       breaker=CircuitBreaker(1, name="primary"), halt=halt)

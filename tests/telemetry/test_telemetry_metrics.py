@@ -47,6 +47,9 @@ from exitguard.telemetry import (
 from exitguard.testing import FaultyVenue, ScriptedVenue, TxPlan, run_virtual
 from tests.support.tracing import in_memory_tracing
 
+#: A swap that fails on chain: confirm says so and nothing ever lands.
+FAILS_ON_CHAIN = TxPlan(confirm_error=InsufficientBalance("insufficient funds"), lands_after=None)
+
 POSITION = Position("pos-1", "SOL", 10.0, 100.0)
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -268,7 +271,7 @@ def test_deadline_exceeded_unresolved_then_abandoned(
 
 def test_permanent_error(registry: CollectorRegistry, server: MetricsServer) -> None:
     before = scrape(server)
-    plan = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
+    plan = FAILS_ON_CHAIN
     outcome, _ = run_guard(ScriptedVenue([plan], price=95.0), registry)
     assert outcome.status is ExitStatus.FAILED
     moved = delta(before, scrape(server))
@@ -296,7 +299,7 @@ def test_refused_by_open_breaker_halt_and_resume(
         during.append(scrape(server))
         halt.resume("alice", "venue fixed")
 
-    plan = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
+    plan = FAILS_ON_CHAIN
     outcome, _guard = run_guard(ScriptedVenue([plan], price=95.0), registry, body=second,
                                breaker=breaker, halt=halt, refuse_when_open=True)
     assert outcome.status is ExitStatus.FAILED
@@ -326,7 +329,7 @@ def test_breaker_half_open_and_close(registry: CollectorRegistry, server: Metric
         await asyncio.sleep(6.0)  # past the cool-down: the next exit is a probe
         await guard.exit(Position("pos-2", "SOL", 1.0, 100.0), signal_price=95.0)
 
-    plans = [TxPlan(confirm_error=InsufficientBalance("insufficient funds")), TxPlan()]
+    plans = [FAILS_ON_CHAIN, TxPlan()]
     run_guard(ScriptedVenue(plans, price=95.0), registry, body=recover, breaker=breaker)
     after = scrape(server)
     for to in ("open", "half_open", "closed"):

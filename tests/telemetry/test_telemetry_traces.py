@@ -25,6 +25,9 @@ from exitguard.testing import ScriptedVenue, TxPlan
 from tests.support.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan
 from tests.support.servers import free_port
 
+#: A swap that fails on chain: confirm says so and nothing ever lands.
+FAILS_ON_CHAIN = TxPlan(confirm_error=InsufficientBalance("insufficient funds"), lands_after=None)
+
 POSITION = Position("pos-7", "SOL", 10.0, 100.0)
 
 
@@ -129,7 +132,7 @@ def test_retry_failure_and_status_error(otlp_receiver: OtlpReceiver) -> None:
     provider = provider_for(otlp_receiver.endpoint)
     first = TxPlan(confirm_after=0.01, confirm_error=RpcTimeout("slow"), lands_after=None,
                    expires_after=0.05)
-    second = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
+    second = FAILS_ON_CHAIN
     (outcome,) = run_exits(ScriptedVenue([first, second], price=95.0), provider)
     assert outcome.status is ExitStatus.FAILED
     assert shutdown_tracing(provider, timeout=5)
