@@ -13,7 +13,8 @@ from collections.abc import Callable
 class ErrorClass(enum.StrEnum):
     """What went wrong, in terms of what the guard should do next."""
 
-    NETWORK = "network"  # send failed: retry the same order
+    NETWORK = "network"  # a connection failed: at submit the order may be out (reconcile)
+    NOT_SENT = "not_sent"  # the venue proves the order never left: resend the same order
     RPC_TIMEOUT = "rpc_timeout"  # outcome unknown: reconcile before anything else
     TX_EXPIRED = "tx_expired"  # cannot land any more: fresh order, higher fee
     SLIPPAGE_EXCEEDED = "slippage_exceeded"  # next ladder step
@@ -36,6 +37,7 @@ TRANSIENT = frozenset({ErrorClass.RPC_TIMEOUT, ErrorClass.NETWORK})
 EXIT_RETRYABLE = frozenset(
     {
         ErrorClass.NETWORK,
+        ErrorClass.NOT_SENT,
         ErrorClass.RPC_TIMEOUT,
         ErrorClass.TX_EXPIRED,
         ErrorClass.SLIPPAGE_EXCEEDED,
@@ -51,9 +53,19 @@ class ExitError(Exception):
 
 
 class NetworkError(ExitError, ConnectionError):
-    """The order was not sent (connection refused, reset, DNS)."""
+    """A connection failed (refused, reset, DNS). From ``submit`` this does not prove the
+    order stayed home (a reset can come after the exchange accepted it): the guard
+    reconciles. Raise ``OrderNotSent`` when the venue knows nothing left."""
 
     error_class = ErrorClass.NETWORK
+
+
+class OrderNotSent(ExitError):
+    """A definite rejection: the venue knows the order never left (refused before any byte
+    was written, rejected by validation the venue ran locally, an exchange error code that
+    means "not accepted"). The only submit error after which the guard resends at once."""
+
+    error_class = ErrorClass.NOT_SENT
 
 
 class RpcTimeout(ExitError, TimeoutError):
@@ -177,20 +189,26 @@ class HaltStoreError(ExitError):
 
 Classifier = Callable[[BaseException], ErrorClass]
 
-# Known error texts, lower-cased, checked in order (more specific first).
+# Known error texts, lower-cased, checked in order (more specific first). Only a venue's
+# own phrases: a bare word ("expired", "insufficient", "network") also appears in texts that
+# mean something else ("SSL certificate has expired", "API key expired") and a wrong
+# "expired" sends a second order while the first may land.
 _TEXT_RULES: tuple[tuple[tuple[str, ...], ErrorClass], ...] = (
     (("already been processed", "alreadyprocessed"), ErrorClass.ALREADY_PROCESSED),
     (("blockhash not found", "block height exceeded", "blockheightexceeded",
-      "transaction expired", "expired"), ErrorClass.TX_EXPIRED),
-    (("0x1771", "custom program error: 6001", "custom(6001)", "slippage"),
+      "transaction expired", "transaction has expired", "tx expired"),
+     ErrorClass.TX_EXPIRED),
+    (("0x1771", "custom program error: 6001", "custom(6001)", "slippage tolerance exceeded",
+      "slippage exceeded", "slippageexceeded"),
      ErrorClass.SLIPPAGE_EXCEEDED),
-    (("insufficient funds", "insufficient lamports", "insufficient balance", "insufficient"),
+    (("insufficient funds", "insufficient lamports", "insufficient balance"),
      ErrorClass.INSUFFICIENT_BALANCE),
     (("accountnotfound", "account not found", "invalid account", "invalidaccount",
       "could not find account"), ErrorClass.INVALID_ACCOUNT),
     (("timed out", "timeout", "etimedout", "deadline exceeded"), ErrorClass.RPC_TIMEOUT),
     (("connection refused", "connection reset", "econnreset", "econnrefused",
-      "network", "broken pipe", "503", "429 too many requests"), ErrorClass.NETWORK),
+      "broken pipe", "network error", "network is unreachable", "503 service unavailable",
+      "429 too many requests"), ErrorClass.NETWORK),
 )
 
 
@@ -204,18 +222,17 @@ def classify_text(text: str) -> ErrorClass:
 
 
 def default_classifier(exc: BaseException) -> ErrorClass:
-    """Map an exception to its class: exitguard types, then known texts, then Python types.
+    """Map an exception to its class: its type first, then known venue texts.
 
-    Texts come before Python types because they are more specific: a ``ConnectionError``
-    saying "timed out" is an unknown outcome (reconcile), not a certain send failure.
+    The type wins over free text: an exitguard type says what it is; a ``TimeoutError`` is
+    an unknown outcome, a ``ConnectionError`` / ``OSError`` a network failure, whatever
+    their message says ("SSL certificate has expired" is not an expired transaction).
+    Texts classify only what the type does not (RPC client exceptions, ``RuntimeError``).
     """
     if isinstance(exc, ExitError) and type(exc).error_class is not ErrorClass.UNKNOWN:
         return type(exc).error_class
-    by_text = classify_text(str(exc))
-    if by_text is not ErrorClass.UNKNOWN:
-        return by_text
     if isinstance(exc, TimeoutError):
         return ErrorClass.RPC_TIMEOUT
     if isinstance(exc, ConnectionError | OSError):
         return ErrorClass.NETWORK
-    return ErrorClass.UNKNOWN
+    return classify_text(str(exc))

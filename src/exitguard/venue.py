@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -72,8 +74,15 @@ class ExitOrder:
 
     @property
     def client_order_id(self) -> str:
-        """A stable id for idempotent venues (exchange clientOrderId)."""
-        return f"{self.position.id}:{self.attempt}"
+        """The id this order is known by before the venue answers (exchange clientOrderId).
+
+        Deterministic in (position id, attempt, size): resending the same order after a
+        definite "not sent" reuses it, so an idempotent venue cannot fill it twice; a new
+        attempt or remainder gets a new one. 26 characters of ``[a-z0-9]``, which every
+        exchange's client-id field accepts (Binance <= 36, OKX alphanumeric <= 32).
+        """
+        key = f"{self.position.id}\x1f{self.attempt}\x1f{self.size!r}".encode()
+        return "eg" + hashlib.blake2b(key, digest_size=12).hexdigest()
 
     @property
     def worst_price(self) -> float:
@@ -84,20 +93,54 @@ class ExitOrder:
         return self.reference_price * (1 + factor)
 
 
+def _tx_id(owner: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{owner}.tx_id must be a non-empty string, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """A sent transaction. ``expires_at`` is the loop time after which it can no longer land."""
+    """A transaction that may land.
+
+    ``expires_at`` is the loop time after which it can no longer land (None: unknown).
+    ``venue_data`` is what the venue needs to reconcile or rebroadcast it after a restart
+    (a Solana blockhash, its last valid block height, the signed bytes): the guard stores
+    it in the pending store with the submission, as strings.
+
+    A submission whose ``tx_id`` equals ``order.client_order_id`` is one whose submit did
+    not answer: the guard knows only the id it gave the order, and ``lookup`` must find the
+    order by that id (see ``Venue``).
+    """
 
     tx_id: str
     order: ExitOrder
     expires_at: float | None = None
+    venue_data: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _tx_id("Submission", self.tx_id)
+
+    @property
+    def known_only_by_client_id(self) -> bool:
+        return self.tx_id == self.order.client_order_id
 
 
 @dataclass(frozen=True, slots=True)
 class Fill:
+    """What one submission sold: ``tx_id`` names the submission it answers (its ``tx_id``
+    or its order's ``client_order_id``); ``size`` > 0 in base units, ``price`` > 0."""
+
     tx_id: str
     size: float
     price: float
+
+    def __post_init__(self) -> None:
+        _tx_id("Fill", self.tx_id)
+        for name in ("size", "price"):
+            value = getattr(self, name)
+            _finite(f"Fill.{name}", value)
+            if value <= 0:
+                raise ValueError(f"Fill.{name} must be > 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +151,30 @@ class Lookup:
 
 @runtime_checkable
 class Venue(Protocol):
-    """What the guard needs from a chain or exchange.
+    """What the guard needs from a chain or exchange: the submit contract.
 
-    Raise exitguard.errors types, or any exception the classifier understands.
-    ``submit`` must return as soon as the order is sent and raise only when it certainly was
-    not sent (a submit cut off by the guard's timeout is treated as not sent): the waiting
-    belongs in ``confirm``, which may hang, because the guard bounds it and reconciles the
-    unknown outcome with ``lookup``.
+    - ``submit(order)`` sends the order and returns as soon as it is sent. Give the order
+      ``order.client_order_id`` where the venue takes one (it is what makes a resend
+      idempotent and what ``lookup`` finds an unanswered order by).
+    - **Unless ``submit`` proves nothing was sent, the order may have gone out.** A submit
+      that raises a timeout, a network error, anything unclassified, returns garbage, or
+      is cut off by the guard's own timeout is an *unknown outcome*: the guard tracks it as
+      ``Submission(order.client_order_id, order)`` and reconciles it with ``lookup`` before
+      anything else is sent. Only a *definite rejection* means "not sent": raise
+      ``exitguard.errors.OrderNotSent`` (retried as the same order), or a rejection of the
+      order itself (``SlippageExceeded``, ``TxExpired``, ``InsufficientBalance``,
+      ``InvalidAccount``).
+    - ``confirm(submission)`` waits for the outcome and may hang: the guard bounds it and
+      meanwhile asks ``lookup``. Its ``Fill`` must name that submission.
+    - ``lookup(submission)`` says LANDED (with the fill), PENDING (may still land), EXPIRED
+      or FAILED (can never land). For a submission known only by its client order id, it
+      looks the order up by that id; EXPIRED/FAILED only when the venue is sure no order
+      with that id exists or can appear (a venue that cannot be sure says PENDING, and the
+      exit ends UNRESOLVED rather than risk selling twice).
+    - ``price(position)`` quotes; a failing quote never blocks an exit.
+
+    Raise exitguard.errors types, or exceptions the classifier understands. A venue whose
+    transaction id exists before sending (a Solana signature) implements ``TwoPhaseVenue``.
     """
 
     async def price(self, position: Position) -> float: ...
@@ -124,3 +184,20 @@ class Venue(Protocol):
     async def confirm(self, submission: Submission) -> Fill: ...
 
     async def lookup(self, submission: Submission) -> Lookup: ...
+
+
+@runtime_checkable
+class TwoPhaseVenue(Venue, Protocol):
+    """A venue that can build and sign an order before sending it (Solana, any chain).
+
+    The guard calls ``prepare`` (nothing is sent; raising means nothing was sent), records
+    the returned submission (memory and pending store, ``venue_data`` included) as "may
+    land", and only then calls ``broadcast``. Anything but a definite rejection from
+    ``broadcast`` leaves the submission tracked by its real id. ``broadcast`` may be called
+    again with the same submission (a rebroadcast of the same signed bytes, never a new
+    signature). ``submit`` stays for callers outside the guard.
+    """
+
+    async def prepare(self, order: ExitOrder) -> Submission: ...
+
+    async def broadcast(self, submission: Submission) -> None: ...
