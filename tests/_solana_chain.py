@@ -29,8 +29,10 @@ What is modelled here (LiteSVM has no notion of it):
 
 Faults are scripted per JSON-RPC method (``Chain.fault(method, *actions)``, one action per
 request, then ``ok``): ``429``, ``500``, ``hang`` (until released or torn down), ``null``
-(statuses unknown: "confirmations stop answering"), ``queue`` (send accepted, lands
-later), ``drop`` (send accepted, never lands), ``behind`` (-32005 node unhealthy).
+(statuses answered by a node far behind, which has not seen the landing: "confirmations
+stop answering"), ``queue`` (send accepted, lands
+later), ``drop`` (send accepted, never lands), ``land_then_hang`` (the transaction lands,
+the answer never comes), ``behind`` (-32005 node unhealthy).
 Servers bind 127.0.0.1 on a free port and are torn down when their context exits.
 """
 
@@ -48,6 +50,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
+from solders.epoch_info import EpochInfo
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
@@ -57,6 +60,7 @@ from solders.pubkey import Pubkey
 from solders.rpc.responses import (
     GetBalanceResp,
     GetBlockHeightResp,
+    GetEpochInfoResp,
     GetLatestBlockhashResp,
     GetSignatureStatusesResp,
     RpcBlockhash,
@@ -145,6 +149,7 @@ class Chain:
     faults: dict[str, list[str]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     pool_start: int = 0
+    deliver_at: int | None = None  # the block height at which the queue lands
 
     def __post_init__(self) -> None:
         self.svm.airdrop(self.wallet.pubkey(), 100 * 10**9)
@@ -190,6 +195,20 @@ class Chain:
         with self.lock:
             queued, self.queued = self.queued, {}
             return [sig for sig, tx in queued.items() if self.execute(tx) is not None]
+
+    def deliver_after(self, blocks: int) -> None:
+        """Land whatever is in flight once ``blocks`` more blocks are produced
+        (``produce``)."""
+        with self.lock:
+            self.deliver_at = self.height + blocks
+
+    def produce(self, blocks: int = 1) -> None:
+        """``advance``, then a scheduled late delivery if its height came."""
+        with self.lock:
+            self.advance(blocks)
+            if self.deliver_at is not None and self.height >= self.deliver_at:
+                self.deliver_at = None
+                self.land_queued()
 
     def fault(self, method: str, *actions: str) -> None:
         with self.lock:
@@ -270,6 +289,10 @@ class _Rpc:
             return 429, "Too Many Requests"
         if action == "500":
             return 500, "Internal Server Error"
+        if action == "land_then_hang" and method == "sendTransaction":
+            with chain.lock:  # the node got it to the leader, then the answer is lost
+                self._answer(method, request_id, [params[0], {"skipPreflight": True}], "ok")
+            action = "hang"
         if action == "hang":
             chain.released.wait(30)
             return 503, "released"
@@ -286,12 +309,20 @@ class _Rpc:
         if method == "getLatestBlockhash":
             blockhash, last_valid = chain.blockhash()
             return 200, GetLatestBlockhashResp(RpcBlockhash(blockhash, last_valid), ctx).to_json()
+        if method == "getEpochInfo":
+            slot = chain.svm.get_clock().slot
+            return 200, GetEpochInfoResp(EpochInfo(
+                epoch=0, slot_index=slot % 432_000, slots_in_epoch=432_000,
+                absolute_slot=slot, block_height=chain.height, transaction_count=None,
+            )).to_json()
         if method == "getBlockHeight":
             return 200, GetBlockHeightResp(chain.height).to_json()
         if method == "getBalance":
             balance = chain.svm.get_balance(Pubkey.from_string(params[0])) or 0
             return 200, GetBalanceResp(balance, ctx).to_json()
         if method == "getSignatureStatuses":
+            if action == "null":  # a node behind: it has not seen the landing yet
+                ctx = RpcResponseContext(chain.svm.get_clock().slot - chain.validity * 5)
             return 200, self._statuses(params, ctx, action)
         if method == "sendTransaction":
             return 200, self._send(request_id, params, action)

@@ -367,7 +367,7 @@ def test_a_hung_send_is_an_unknown_outcome_and_a_hung_status_a_timeout(net: Clus
         net.chain.fault("getSignatureStatuses", "hang")
         with pytest.raises(RpcTimeout):
             await venue.lookup(submission)
-        net.chain.fault("getBlockHeight", "429")
+        net.chain.fault("getEpochInfo", "429")
         with pytest.raises(RateLimited):
             await venue.lookup(submission)
 
@@ -469,3 +469,32 @@ def test_solana_ladder_is_in_venue_units() -> None:
     assert first.priority_fee == 50_000
     assert late.priority_fee == 5_000_000
     assert late.max_slippage_bps == 300
+
+
+def test_submit_after_an_ambiguous_send_hands_back_the_earlier_transaction(
+    net: Cluster,
+) -> None:
+    async def body(venue: JupiterSwapVenue) -> None:
+        net.chain.fault("sendTransaction", "land_then_hang")
+        with pytest.raises(RpcTimeout):
+            await venue.submit(market())  # it landed; the answer was lost
+        again = await venue.submit(market(attempt=2))  # a naive retry
+        assert list(net.chain.sent) == [again.tx_id]  # no second signature
+        fill = await venue.confirm(again)
+        assert fill.tx_id == again.tx_id
+        assert net.chain.sold_lamports == 2 * LAMPORTS
+
+    scenario(net, body, rpc_timeout=0.3)
+
+
+def test_a_status_from_a_node_behind_never_makes_a_landed_sell_expired(net: Cluster) -> None:
+    async def body(venue: JupiterSwapVenue) -> None:
+        submission = await venue.prepare(market())
+        await venue.broadcast(submission)  # it lands at once
+        net.chain.advance(net.chain.validity + 5)
+        # Height from an up-to-date node, statuses from one that has not seen the landing.
+        net.chain.fault("getSignatureStatuses", "null", "null")
+        assert (await venue.lookup(submission)).status is TxStatus.PENDING
+        assert (await venue.lookup(submission)).status is TxStatus.LANDED
+
+    scenario(net, body)

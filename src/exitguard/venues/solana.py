@@ -495,6 +495,13 @@ class JupiterSwapVenue:
         """``prepare`` then ``broadcast`` (for callers outside the guard). If the broadcast
         is ambiguous, ``lookup`` of ``Submission(order.client_order_id, order)`` finds the
         signature while this process lives."""
+        earlier = await self._earlier_sell(order.position.id)
+        if earlier is not None:
+            # A retry after an ambiguous send: that transaction may land (or did). Hand it
+            # back instead of signing a second sell; confirming it gives its fill.
+            _log.warning("submit: %s of position %s may still land; returning it instead of"
+                         " signing a second sell", earlier.tx_id, order.position.id)
+            return earlier
         submission = await self.prepare(order)
         self._by_client_id[order.client_order_id] = submission.tx_id
         await self.broadcast(submission)
@@ -503,25 +510,32 @@ class JupiterSwapVenue:
     # -- reconciliation -----------------------------------------------------------------
 
     async def lookup(self, submission: Submission) -> Lookup:
+        return await self._lookup(submission, release=True)
+
+    async def _lookup(self, submission: Submission, *, release: bool) -> Lookup:
         signature, data = self._resolve(submission)
         if signature is None:
             return Lookup(TxStatus.PENDING)  # an order we never signed here: cannot be sure
         last_valid = _int_or_none(data.get("last_valid_block_height"))
         restored = str(signature) not in self._prepared
         # Height first: once it is past lastValidBlockHeight the transaction can no longer
-        # land, so a status read *after* it that finds nothing is final.
-        height = None
+        # land, so a status read *after* it that finds nothing is final, provided the node
+        # that answers the status has seen the slot of that height (behind a load
+        # balancer, the two answers can come from different nodes).
+        height = seen_slot = None
         if last_valid is not None:
-            height = (await self._call(self.rpc.get_block_height(self.expiry_commitment))).value
-        status = await self._status(signature, search=restored)
+            info = (await self._call(self.rpc.get_epoch_info(self.expiry_commitment))).value
+            height, seen_slot = info.block_height, info.absolute_slot
+        status, status_slot = await self._status(signature, search=restored)
         if status is None and not restored and (last_valid is None or (
                 height is not None and height > last_valid)):
-            status = await self._status(signature, search=True)
+            status, status_slot = await self._status(signature, search=True)
         order = submission.order
         if status is not None:
             if not self._committed(status):
                 return Lookup(TxStatus.PENDING)
-            self._release(order.position.id, signature)
+            if release:
+                self._release(order.position.id, signature)
             if status.err is None:
                 return Lookup(TxStatus.LANDED, self._fill(submission, data))
             failure = _landed_failure(status.err, signature)
@@ -530,7 +544,12 @@ class JupiterSwapVenue:
             return Lookup(TxStatus.FAILED)
         if last_valid is None or height is None or height <= last_valid:
             return Lookup(TxStatus.PENDING)
-        self._release(order.position.id, signature)
+        if seen_slot is not None and status_slot < seen_slot:
+            _log.debug("status of %s read at slot %d, before slot %d: not final", signature,
+                       status_slot, seen_slot)
+            return Lookup(TxStatus.PENDING)
+        if release:
+            self._release(order.position.id, signature)
         return Lookup(TxStatus.EXPIRED)
 
     def failure_of(self, tx_id: str) -> ExitError | None:
@@ -599,23 +618,29 @@ class JupiterSwapVenue:
         provider = getattr(self.rpc, "_provider", None)
         return getattr(provider, "_max_transport_retries", 1) == 0
 
-    async def _refuse_second_sell(self, position_id: str) -> None:
+    async def _earlier_sell(self, position_id: str) -> Submission | None:
+        """This venue's earlier transaction for the position if it may still land or has
+        landed without anyone looking it up since; None when the position is free."""
         live = self._live.get(position_id)
         if live is None:
-            return
-        signature = live.tx_id
+            return None
         try:
-            lookup = await self.lookup(live)
+            lookup = await self._lookup(live, release=False)
         except (ExitError, RPCException) as exc:
-            raise DoubleSellRefused(
-                f"{signature} of position {position_id} may still land and its status is"
-                f" unknown ({exc}); not signing a second sell") from None
-        if lookup.status is TxStatus.PENDING:
-            raise DoubleSellRefused(
-                f"{signature} of position {position_id} may still land until block height"
-                f" {live.venue_data.get('last_valid_block_height')};"
-                " not signing a second sell")
+            _log.warning("status of %s unknown (%s): treating it as may-land", live.tx_id, exc)
+            return live
+        if lookup.status in (TxStatus.PENDING, TxStatus.LANDED):
+            return live
         self._live.pop(position_id, None)
+        return None
+
+    async def _refuse_second_sell(self, position_id: str) -> None:
+        live = await self._earlier_sell(position_id)
+        if live is not None:
+            raise DoubleSellRefused(
+                f"{live.tx_id} of position {position_id} may still land (until block height"
+                f" {live.venue_data.get('last_valid_block_height')}) or landed unseen:"
+                " not signing a second sell; look it up first")
 
     def _committed(self, status: TransactionStatus) -> bool:
         level = status.confirmation_status
@@ -633,13 +658,15 @@ class JupiterSwapVenue:
         size = min(in_amount / 10 ** self.input_decimals, order.size)
         return Fill(submission.tx_id, size, self._ui_price(in_amount, out_amount))
 
-    async def _status(self, signature: Signature, *, search: bool) -> TransactionStatus | None:
+    async def _status(self, signature: Signature, *,
+                      search: bool) -> tuple[TransactionStatus | None, int]:
+        """The status and the slot the node answered at."""
         response = await self._call(self.rpc.get_signature_statuses(
             [signature], search_transaction_history=search))
         values = response.value
         if len(values) != 1:
             raise InvalidVenueResponse(f"getSignatureStatuses answered {len(values)} values")
-        return values[0]
+        return values[0], response.context.slot
 
     async def _call(self, awaitable: Awaitable[_T], *, rpc_errors: bool = False) -> _T:
         """One RPC call, bounded by ``rpc_timeout``; failures mapped to the exitguard
@@ -677,7 +704,8 @@ class JupiterSwapVenue:
                         self.expiry_commitment))).value
                 except ExitError:
                     height = None
-                if last_valid is not None and height is not None and height > last_valid:
+                if first and last_valid is not None and height is not None and (
+                        height > last_valid):
                     return TxExpired(f"blockhash not found and block height {height} passed"
                                      f" lastValidBlockHeight {last_valid}")
                 error: ExitError = NodeBehind(

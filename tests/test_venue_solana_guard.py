@@ -1,0 +1,278 @@
+"""The incident, scripted: ExitGuard + JupiterSwapVenue against LiteSVM behind loopback RPC
+and Jupiter servers, with blocks produced every few milliseconds.
+
+Every scenario ends with the validator's ground truth: the wallet never sold more than the
+position, no new sell was first sent while an earlier one could still land
+(``assert_no_early_resign``), and the outcome's fills are exactly the transactions that
+landed successfully, in size and in signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("solders.litesvm")
+pytest.importorskip("solana.rpc.async_api")
+
+from solana.rpc.async_api import AsyncClient
+
+from _solana_chain import (
+    INPUT_DECIMALS,
+    INPUT_MINT,
+    OUTPUT_DECIMALS,
+    OUTPUT_MINT,
+    Cluster,
+    cluster,
+)
+from exitguard import ExitGuard, ExitOutcome, ExitStatus, Position, RetryPolicy
+from exitguard.pending import FilePendingStore
+from exitguard.testing import RecordingHooks
+from exitguard.venues.solana import JupiterSwapVenue, solana_ladder
+
+LAMPORTS = 10**INPUT_DECIMALS
+BLOCK_TIME = 0.01  # seconds per block: a 20-block validity expires in about 0.2 s
+POSITION = Position("sol-stop", "SOL", 2.0, 105.0)
+
+
+@pytest.fixture
+def net() -> Iterator[Cluster]:
+    with cluster(validity=20, status_cache=60) as c:
+        yield c
+
+
+async def produce_blocks(net: Cluster, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(BLOCK_TIME)
+        net.chain.produce(1)
+
+
+@asynccontextmanager
+async def running(net: Cluster, **options: Any) -> AsyncIterator[JupiterSwapVenue]:
+    rpc = AsyncClient(net.rpc_url, timeout=5, max_transport_retries=0)
+    settings: dict[str, Any] = {"rpc_timeout": 0.3, "http_timeout": 1.0,
+                                "confirm_interval": 0.01, "rebroadcast_interval": 0.05}
+    settings.update(options)
+    venue = JupiterSwapVenue(rpc, net.chain.wallet, input_mint=INPUT_MINT,
+                             output_mint=OUTPUT_MINT, input_decimals=INPUT_DECIMALS,
+                             output_decimals=OUTPUT_DECIMALS, jupiter_url=net.jupiter_url,
+                             **settings)
+    stop = asyncio.Event()
+    producer = asyncio.create_task(produce_blocks(net, stop))
+    try:
+        yield venue
+    finally:
+        stop.set()
+        await producer
+        await venue.aclose()
+        await rpc.close()
+
+
+def guard_for(venue: JupiterSwapVenue, **options: Any) -> ExitGuard:
+    settings: dict[str, Any] = {
+        "policy": RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05,
+                              total_timeout=6.0, attempt_timeout=0.3, min_attempt_time=0.05),
+        "deadline": 8.0, "ladder": solana_ladder(), "reconcile_interval": 0.02,
+        "max_reconcile_interval": 0.1, "background_reconcile_for": 5.0,
+    }
+    settings.update(options)
+    return ExitGuard(venue, **settings)
+
+
+def assert_ground_truth(net: Cluster, outcome: ExitOutcome) -> None:
+    chain = net.chain
+    sold = chain.sold_lamports
+    assert sold <= POSITION.size * LAMPORTS, "the wallet sold more than the position"
+    chain.assert_no_early_resign()
+    landed = sorted(chain.succeeded())
+    assert sorted(f.tx_id for f in outcome.fills) == landed
+    assert round(outcome.filled_size * LAMPORTS) == sold
+    if outcome.status is ExitStatus.CLOSED:
+        assert sold == POSITION.size * LAMPORTS
+
+
+def run(coro: Any) -> Any:
+    async def bounded() -> Any:
+        async with asyncio.timeout(30):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def test_confirmations_stop_answering_while_the_sell_lands_late(net: Cluster) -> None:
+    """The incident: no status for a long while, then the first transaction lands. A guard
+    that re-signed on the timeout would have sold twice."""
+
+    async def main() -> ExitOutcome:
+        async with running(net) as venue:
+            net.chain.fault("sendTransaction", "queue")
+            net.chain.fault("getSignatureStatuses", *["null"] * 30)
+            net.chain.deliver_after(12)  # lands 12 blocks later, before expiry
+            guard = guard_for(venue)
+            return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+
+    outcome = run(main())
+    assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    assert len(net.chain.sent) == 1
+    assert_ground_truth(net, outcome)
+
+
+def test_a_lost_transaction_is_replaced_only_after_its_blockhash_expired(
+    net: Cluster,
+) -> None:
+    async def main() -> ExitOutcome:
+        async with running(net) as venue:
+            net.chain.fault("sendTransaction", "drop", "drop", "drop", "drop", "drop", "drop")
+            guard = guard_for(venue)
+            return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+
+    outcome = run(main())
+    assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    sends = sorted(net.chain.sent.values(), key=lambda s: s.first_seen_height)
+    assert len(sends) >= 2
+    assert sends[1].first_seen_height > sends[0].last_valid
+    fees = [int(s.get("computeUnitPriceMicroLamports") or 0) for s in net.market.swaps]
+    assert fees[-1] > fees[0]  # the replacement pays a higher priority fee
+    assert_ground_truth(net, outcome)
+
+
+def test_a_swap_failing_on_slippage_escalates_to_wider_slippage(net: Cluster) -> None:
+    async def main() -> ExitOutcome:
+        async with running(net, skip_preflight=True) as venue:
+            net.market.fail_next_swaps = 1  # lands failed with custom error 6001
+            guard = guard_for(venue)
+            return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+
+    outcome = run(main())
+    assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    failed = [s for s, landed in net.chain.landed.items() if landed.err is not None]
+    assert len(failed) == 1
+    slippages = [int(q["slippageBps"]) for q in net.market.quotes]
+    assert slippages[-1] > slippages[0]
+    assert_ground_truth(net, outcome)
+
+
+def test_a_send_that_lands_but_never_answers_is_not_sold_twice(net: Cluster) -> None:
+    async def main() -> ExitOutcome:
+        async with running(net) as venue:
+            net.chain.fault("sendTransaction", "land_then_hang")
+            net.chain.fault("getSignatureStatuses", "429", "hang", "429")
+            guard = guard_for(venue)
+            return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+
+    outcome = run(main())
+    assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    assert len(net.chain.sent) == 1
+    assert_ground_truth(net, outcome)
+
+
+def test_rpc_429_storm_and_hang_never_double_sell(net: Cluster) -> None:
+    async def main() -> tuple[ExitOutcome, RecordingHooks]:
+        async with running(net) as venue:
+            net.chain.fault("sendTransaction", "429", "hang", "queue")
+            net.chain.fault("getEpochInfo", "429", "429", "hang")
+            net.chain.deliver_after(5)
+            hooks = RecordingHooks()
+            guard = guard_for(venue, hooks=hooks)
+            outcome = await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+            await guard.drain(5)
+            return outcome, hooks
+
+    outcome, hooks = run(main())
+    assert_ground_truth(net, outcome)
+    # What the hooks reported as sold is what landed: no more, no less.
+    claimed = {e[1].fill.tx_id for e in hooks.events
+               if e[0] == "attempt_finished" and e[1].fill is not None}
+    claimed |= {e[1].tx_id for e in hooks.events
+                if e[0] == "transition" and e[1].detail == "landed"}
+    claimed |= {e[1].tx_id for e in hooks.events if e[0] == "late_fill"}
+    assert claimed == set(net.chain.succeeded())
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from solana.rpc.async_api import AsyncClient
+    from solders.keypair import Keypair
+    from exitguard import ExitGuard, Position, RetryPolicy
+    from exitguard.pending import FilePendingStore
+    from exitguard.venues.solana import JupiterSwapVenue, solana_ladder
+
+    url, secret, store = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
+
+    async def main():
+        rpc = AsyncClient(url, timeout=5, max_transport_retries=0)
+        venue = JupiterSwapVenue(rpc, Keypair.from_bytes(secret), input_mint=sys.argv[4],
+                                 output_mint=sys.argv[5], input_decimals=9,
+                                 output_decimals=6, jupiter_url=url, rpc_timeout=0.3,
+                                 confirm_interval=0.01, rebroadcast_interval=0.05)
+        guard = ExitGuard(venue, policy=RetryPolicy(attempt_timeout=0.3, total_timeout=60,
+                          initial_backoff=0.01), deadline=120, ladder=solana_ladder(),
+                          reconcile_interval=0.02, pending_store=FilePendingStore(store))
+        print("exiting", flush=True)
+        await guard.exit(Position("sol-stop", "SOL", 2.0, 105.0), signal_price=100.0)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_killed_mid_exit_the_restarted_guard_finds_the_late_landing(
+    net: Cluster, tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "pending.json"
+    chain = net.chain
+    chain.fault("sendTransaction", "queue")
+    chain.fault("getSignatureStatuses", *["null"] * 10_000)  # the child never learns
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, net.rpc_url, bytes(chain.wallet).hex(),
+         str(store_path), INPUT_MINT, OUTPUT_MINT],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if store_path.exists() and json.loads(store_path.read_text())["pending"]:
+                break
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.02)
+        else:
+            pytest.fail("the child never recorded a pending submission")
+        child.send_signal(signal.SIGKILL)  # mid-exit: its transaction is in flight
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert len(chain.sent) == 1
+    (signature,) = chain.sent
+    chain.clear_faults()
+    assert chain.land_queued() == [signature]  # it lands after the process died
+
+    async def restart() -> tuple[int, list[Any], bool]:
+        async with running(net) as venue:
+            guard = guard_for(venue, pending_store=FilePendingStore(store_path))
+            taken = await guard.resume_pending()
+            drained = await guard.drain(10)
+            return taken, [fill for _, fill in guard.late_fills], drained
+
+    taken, late, drained = run(restart())
+    assert taken == 1
+    assert drained
+    assert [f.tx_id for f in late] == [signature]
+    assert chain.sold_lamports == 2 * LAMPORTS
+    assert len(chain.sent) == 1  # nothing re-signed
+    assert json.loads(store_path.read_text())["pending"] == []
