@@ -31,7 +31,8 @@ Faults are scripted per JSON-RPC method (``Chain.fault(method, *actions)``, one 
 request, then ``ok``): ``429``, ``500``, ``hang`` (until released or torn down), ``null``
 (statuses answered by a node far behind, which has not seen the landing: "confirmations
 stop answering"), ``queue`` (send accepted, lands
-later), ``drop`` (send accepted, never lands), ``land_then_hang`` (the transaction lands,
+later), ``drop`` (this copy is accepted and never lands; ``Chain.lose`` loses every copy of the
+next signatures), ``land_then_hang`` (the transaction lands,
 the answer never comes), ``behind`` (-32005 node unhealthy).
 Servers bind 127.0.0.1 on a free port and are torn down when their context exits.
 """
@@ -150,6 +151,8 @@ class Chain:
     requests: list[str] = field(default_factory=list)
     pool_start: int = 0
     deliver_at: int | None = None  # the block height at which the queue lands
+    lose: int = 0  # how many more new signatures to lose, every copy of them
+    lost: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.svm.airdrop(self.wallet.pubkey(), 100 * 10**9)
@@ -162,6 +165,20 @@ class Chain:
 
     def blockhash(self) -> tuple[Hash, int]:
         with self.lock:
+            return self.svm.latest_blockhash(), self.last_valid
+
+    def fresh_blockhash(self) -> tuple[Hash, int]:
+        """For a new transaction: a node gives a blockhash with (nearly) its full validity.
+        LiteSVM has only one valid blockhash, so a new one is issued only when nothing that
+        could still land depends on the current one (never cutting a live transaction's
+        life short); otherwise the current one, with what is left of its validity."""
+        with self.lock:
+            current = str(self.svm.latest_blockhash())
+            used = any(sent.blockhash == current and sig not in self.landed
+                       and sig not in self.lost for sig, sent in self.sent.items())
+            if not used and self.last_valid - self.height < self.validity:
+                self.svm.expire_blockhash()
+                self.last_valid = self.height + self.validity
             return self.svm.latest_blockhash(), self.last_valid
 
     def advance(self, blocks: int = 1) -> None:
@@ -374,7 +391,12 @@ class _Rpc:
                             }.get(str(simulated.err()).split(".")[-1], str(simulated.err()))
                     return _preflight_failure(request_id, simulated.err(), text,
                                               list(simulated.meta().logs()))
-            if action == "queue":
+            if signature not in chain.landed and signature not in chain.lost and chain.lose > 0:
+                chain.lose -= 1
+                chain.lost.add(signature)
+            if signature in chain.lost:
+                pass  # never reaches a leader, however often it is sent
+            elif action == "queue":
                 chain.queued[signature] = tx
             elif action != "drop":
                 chain.execute(tx)
@@ -431,7 +453,7 @@ class _Jupiter:
         if market.fail_next_swaps > 0:
             market.fail_next_swaps -= 1
             instructions.append(Instruction(chain.slippage_program, b"", []))
-        blockhash, last_valid = chain.blockhash()
+        blockhash, last_valid = chain.fresh_blockhash()
         message = MessageV0.try_compile(user, instructions, [], blockhash)
         unsigned = VersionedTransaction.populate(message, [Signature.default()])
         return {
@@ -511,7 +533,8 @@ def cluster(validity: int = 20, status_cache: int = 60) -> Iterator[Cluster]:
     server = ThreadingHTTPServer(("127.0.0.1", 0),
                                  _handler(chain, _Rpc(chain), _Jupiter(chain, market)))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="solana-rpc", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), name="solana-rpc",
+                              daemon=True)
     thread.start()
     host, port = server.server_address[:2]
     base = f"http://{host!s}:{port}"

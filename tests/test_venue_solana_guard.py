@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 pytest.importorskip("solders.litesvm")
@@ -65,10 +66,12 @@ async def running(net: Cluster, **options: Any) -> AsyncIterator[JupiterSwapVenu
     settings: dict[str, Any] = {"rpc_timeout": 0.3, "http_timeout": 1.0,
                                 "confirm_interval": 0.01, "rebroadcast_interval": 0.05}
     settings.update(options)
+    # Plain-HTTP loopback: skip building a TLS context per test (0.2 s each on a busy box).
+    http = httpx2.AsyncClient(verify=False)
     venue = JupiterSwapVenue(rpc, net.chain.wallet, input_mint=INPUT_MINT,
                              output_mint=OUTPUT_MINT, input_decimals=INPUT_DECIMALS,
                              output_decimals=OUTPUT_DECIMALS, jupiter_url=net.jupiter_url,
-                             **settings)
+                             http=http, **settings)
     stop = asyncio.Event()
     producer = asyncio.create_task(produce_blocks(net, stop))
     try:
@@ -77,6 +80,7 @@ async def running(net: Cluster, **options: Any) -> AsyncIterator[JupiterSwapVenu
         stop.set()
         await producer
         await venue.aclose()
+        await http.aclose()
         await rpc.close()
 
 
@@ -134,14 +138,14 @@ def test_a_lost_transaction_is_replaced_only_after_its_blockhash_expired(
 ) -> None:
     async def main() -> ExitOutcome:
         async with running(net) as venue:
-            net.chain.fault("sendTransaction", "drop", "drop", "drop", "drop", "drop", "drop")
+            net.chain.lose = 1  # the first signature never lands, however often it is sent
             guard = guard_for(venue)
             return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
 
     outcome = run(main())
     assert outcome.status is ExitStatus.CLOSED, outcome.reason
     sends = sorted(net.chain.sent.values(), key=lambda s: s.first_seen_height)
-    assert len(sends) >= 2
+    assert len(sends) == 2
     assert sends[1].first_seen_height > sends[0].last_valid
     fees = [int(s.get("computeUnitPriceMicroLamports") or 0) for s in net.market.swaps]
     assert fees[-1] > fees[0]  # the replacement pays a higher priority fee
