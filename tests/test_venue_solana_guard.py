@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -280,3 +281,37 @@ def test_killed_mid_exit_the_restarted_guard_finds_the_late_landing(
     assert chain.sold_lamports == 2 * LAMPORTS
     assert len(chain.sent) == 1  # nothing re-signed
     assert json.loads(store_path.read_text())["pending"] == []
+
+
+def test_the_example_exits_against_the_local_validator(net: Cluster, tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "solana_jupiter.py"
+    keyfile = tmp_path / "id.json"
+    keyfile.write_text(json.dumps(list(bytes(net.chain.wallet))))
+    stop = threading.Event()
+
+    def blocks() -> None:
+        while not stop.wait(BLOCK_TIME):
+            net.chain.produce(1)
+
+    producer = threading.Thread(target=blocks, daemon=True)
+    producer.start()
+    net.chain.lose = 1  # the first transaction is lost: the example waits out its expiry
+    try:
+        done = subprocess.run(
+            [sys.executable, str(example), "--size", "2", "--entry", "105"],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+                 "EXITGUARD_SOLANA_KEYPAIR": str(keyfile),
+                 "EXITGUARD_SOLANA_RPC": net.rpc_url, "EXITGUARD_JUPITER_URL": net.jupiter_url,
+                 "EXITGUARD_PENDING": str(tmp_path / "pending.json"),
+                 "EXITGUARD_CONFIRM_INTERVAL": "0.02"},
+        )
+    finally:
+        stop.set()
+        producer.join(5)
+    assert done.returncode == 0, done.stderr
+    assert "status=closed sold=2 SOL" in done.stdout, done.stdout
+    assert net.chain.sold_lamports == 2 * LAMPORTS
+    net.chain.assert_no_early_resign()
+    (landed,) = net.chain.succeeded()
+    assert landed in done.stdout

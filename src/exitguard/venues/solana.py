@@ -16,15 +16,19 @@ that rule and gives ``ExitGuard`` what it needs to follow it across restarts:
 * ``broadcast(submission)`` sends those exact bytes (``sendTransaction``); the guard may
   call it again: a rebroadcast never re-signs.
 * ``lookup(submission)`` works from ``tx_id`` + ``venue_data`` alone (after a restart):
-  it reads the block height first, then ``getSignatureStatuses`` (with
-  ``searchTransactionHistory`` for a submission this process did not prepare, and before
-  any "not found" becomes EXPIRED). LANDED only for a transaction that succeeded at the
-  venue's commitment; FAILED for one that landed with ``err`` set (a failed swap: the fee
-  was paid, nothing was sold); PENDING while the block height (at ``expiry_commitment``,
-  finalized by default) is at most ``lastValidBlockHeight``; EXPIRED only after it.
+  it reads the block height first (``getEpochInfo``: height and slot from one node), then
+  ``getSignatureStatuses`` (with ``searchTransactionHistory`` for a submission this process
+  did not prepare, and before any "not found" becomes EXPIRED). LANDED only for a
+  transaction that succeeded at the venue's commitment; FAILED for one that landed with
+  ``err`` set (a failed swap: the fee was paid, nothing was sold); PENDING while the block
+  height (at ``expiry_commitment``, finalized by default) is at most
+  ``lastValidBlockHeight``; EXPIRED only after it, and only from a status answered at or
+  after the slot of that height (behind a load balancer, a status node lagging the height
+  node must not turn a landed sell into an expiry).
 * ``confirm(submission)`` polls ``lookup`` and rebroadcasts the same bytes while pending.
 * A second line of defence: ``prepare`` refuses (``DoubleSellRefused``, nothing sent) to
-  sign a new sell of a position while this venue's earlier transaction for it may land.
+  sign a new sell of a position while this venue's earlier transaction for it may land
+  or landed unseen; ``submit`` hands that earlier submission back instead of signing.
 
 Escalation in Solana's terms: the ladder's ``max_slippage_bps`` is Jupiter's
 ``slippageBps``; its ``priority_fee`` is ``computeUnitPriceMicroLamports`` (default) or
@@ -34,7 +38,11 @@ refuses (``SlippageExceeded``, nothing sent) a quote worse than the order's wors
 
 Error mapping. "First broadcast" means the first send of a signature this venue instance
 prepared; any later send (a rebroadcast, or any send after a restart) cannot prove that
-no earlier copy went out, so it never raises a definite rejection.
+no earlier copy went out, so it never raises a definite rejection. A refused connection
+or a 429 proves "not sent" only with ``AsyncClient(..., max_transport_retries=0)``:
+solana-py otherwise re-posts after a transport error, and the first post may have gone.
+``skip_preflight=True`` sends even the first copy unsimulated (a failing swap then lands
+failed and pays its fee).
 
 ================================  ===============================  ====================
 What happened                     Raised / reported                Guard's action
@@ -46,8 +54,8 @@ connection refused (first send)   ``OrderNotSent``                 resend
 connection reset / 5xx on send    ``NetworkError``                 reconcile (may land)
 429 on first send                 ``OrderNotSent`` (not processed) resend
 429 on a rebroadcast / status     ``RateLimited`` (NetworkError)   reconcile, back off
-preflight ``BlockhashNotFound``,  ``TxExpired`` if the block       fresh order, higher
-height > lastValidBlockHeight     height passed it                 fee
+preflight ``BlockhashNotFound``,  ``TxExpired`` (first send; else  fresh order, higher
+height > lastValidBlockHeight     ``NetworkError``)                fee
 preflight ``BlockhashNotFound``,  ``OrderNotSent`` (first send;    resend / reconcile
 height <= lvbh (node behind)      else ``NodeBehind``)
 node behind (-32005, -32016)      ``NodeBehind`` (NetworkError)    reconcile
