@@ -502,3 +502,18 @@ def test_a_status_from_a_node_behind_never_makes_a_landed_sell_expired(net: Clus
         assert (await venue.lookup(submission)).status is TxStatus.LANDED
 
     scenario(net, body)
+
+
+def test_amounts_round_to_the_order_not_one_unit_below_it(net: Cluster) -> None:
+    async def body(venue: JupiterSwapVenue) -> None:
+        position = Position("sol-odd", "SOL", 0.57, 120.0)  # 0.57 * 1e9 = 569999999.99...
+        order = ExitOrder(position, 0.57, OrderMode.MARKET, 100.0, 300, 1, None)
+        submission = await venue.prepare(order)
+        assert submission.venue_data["in_amount"] == "570000000"
+        await venue.broadcast(submission)
+        lookup = await venue.lookup(submission)
+        assert lookup.fill is not None
+        assert lookup.fill.size == 0.57
+        assert net.chain.sold_lamports == 570_000_000
+
+    scenario(net, body)

@@ -324,10 +324,12 @@ class JupiterSwapVenue:
     # -- amounts ------------------------------------------------------------------------
 
     def _amount(self, size: float) -> int:
-        """Base units to sell, rounded down: the fill is never more than the order."""
+        """Base units to sell: the nearest, minus one if that is more than the order. (Not a
+        bare floor: 0.57 * 1e9 is 569999999.99..., and one unit short would leave a
+        remainder the guard would send a second transaction for.)"""
         scale: int = 10**self.input_decimals
-        amount = math.floor(size * scale)
-        while amount > 0 and amount / scale > size:
+        amount = round(size * scale)
+        while amount > 0 and amount / scale > size * (1 + 1e-12):
             amount -= 1
         if amount <= 0:
             raise UnsupportedOrder(f"size {size!r} is below one base unit of {self.input_mint}")
