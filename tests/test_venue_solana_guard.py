@@ -134,16 +134,31 @@ def test_confirmations_stop_answering_while_the_sell_lands_late(net: Cluster) ->
     assert_ground_truth(net, outcome)
 
 
+def metric_total(registry: Any, name: str, **labels: str) -> float:
+    return float(sum(sample.value for family in registry.collect() for sample in family.samples
+                     if sample.name == name and all(sample.labels.get(k) == v
+                                                    for k, v in labels.items())))
+
+
 def test_a_lost_transaction_is_replaced_only_after_its_blockhash_expired(
     net: Cluster,
 ) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from exitguard.telemetry import instrument
+
+    registry = prometheus_client.CollectorRegistry()
+
     async def main() -> ExitOutcome:
         async with running(net) as venue:
             net.chain.lose = 1  # the first signature never lands, however often it is sent
             guard = guard_for(venue)
+            instrument(guard, registry=registry, traces=False, logs=False)
             return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
 
     outcome = run(main())
+    # The metrics agree with the chain: one exit closed, one attempt per signature sent.
+    assert metric_total(registry, "exitguard_exits_total", outcome="closed") == 1
+    assert metric_total(registry, "exitguard_exit_attempts_total") == len(net.chain.sent)
     assert outcome.status is ExitStatus.CLOSED, outcome.reason
     sends = sorted(net.chain.sent.values(), key=lambda s: s.first_seen_height)
     assert len(sends) == 2

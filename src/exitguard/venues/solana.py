@@ -76,8 +76,10 @@ landed with another ``err``       FAILED (``SwapFailed``)          fresh order
 The fill is ExactIn: ``size`` is the quote's ``inAmount`` in UI units (never more than
 the order), ``price`` the quote's ``outAmount`` per unit. The swap's real output is at
 least ``min_out`` (``otherAmountThreshold``); read the transaction's token balances if
-you need it to the last unit. Long positions only (selling ``input_mint`` for
-``output_mint``); a short raises ``UnsupportedOrder``.
+you need it to the last unit. ``ExitOrder.valid_for`` is not used: the blockhash's
+``lastValidBlockHeight`` (about 60-90 s on mainnet) decides when a transaction can no
+longer land, so give the guard a ``deadline`` above that. Long positions only (selling
+``input_mint`` for ``output_mint``); a short raises ``UnsupportedOrder``.
 """
 
 from __future__ import annotations
