@@ -32,6 +32,7 @@ from _solana_chain import (
     OUTPUT_MINT,
     Cluster,
     cluster,
+    loopback_client,
 )
 from exitguard.errors import (
     ConfigError,
@@ -89,7 +90,7 @@ def net() -> Iterator[Cluster]:
 @asynccontextmanager
 async def venue_on(net: Cluster, keypair: Keypair | None = None,
                    **options: Any) -> AsyncIterator[JupiterSwapVenue]:
-    rpc = AsyncClient(net.rpc_url, timeout=5, max_transport_retries=0)
+    rpc = loopback_client(net.rpc_url)
     settings: dict[str, Any] = {"rpc_timeout": 1.0, "http_timeout": 1.0,
                                 "confirm_interval": 0.01, "rebroadcast_interval": 0.05}
     settings.update(options)

@@ -29,7 +29,6 @@ import pytest
 pytest.importorskip("solders.litesvm")
 pytest.importorskip("solana.rpc.async_api")
 
-from solana.rpc.async_api import AsyncClient
 
 from _solana_chain import (
     INPUT_DECIMALS,
@@ -38,6 +37,7 @@ from _solana_chain import (
     OUTPUT_MINT,
     Cluster,
     cluster,
+    loopback_client,
 )
 from exitguard import ExitGuard, ExitOutcome, ExitStatus, Position, RetryPolicy
 from exitguard.pending import FilePendingStore
@@ -63,7 +63,7 @@ async def produce_blocks(net: Cluster, stop: asyncio.Event) -> None:
 
 @asynccontextmanager
 async def running(net: Cluster, **options: Any) -> AsyncIterator[JupiterSwapVenue]:
-    rpc = AsyncClient(net.rpc_url, timeout=5, max_transport_retries=0)
+    rpc = loopback_client(net.rpc_url)
     settings: dict[str, Any] = {"rpc_timeout": 0.3, "http_timeout": 1.0,
                                 "confirm_interval": 0.01, "rebroadcast_interval": 0.05}
     settings.update(options)
