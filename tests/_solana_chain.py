@@ -153,6 +153,7 @@ class Chain:
     requests: list[str] = field(default_factory=list)
     pool_start: int = 0
     deliver_at: int | None = None  # the block height at which the queue lands
+    builds: list[int] = field(default_factory=list)  # heights of swap builds (then signing)
     lose: int = 0  # how many more new signatures to lose, every copy of them
     lost: set[str] = field(default_factory=set)
 
@@ -255,19 +256,25 @@ class Chain:
             return [s for s, landed in self.landed.items() if landed.err is None]
 
     def assert_no_early_resign(self) -> None:
-        """No new sell was first sent while an earlier one could still land: every
-        earlier signature had landed (failed) or its blockhash had expired by then."""
+        """No new sell was built (asked of Jupiter, then signed) or first sent while an
+        earlier one could still land: by then every earlier signature had landed or its
+        blockhash had expired."""
         with self.lock:
             sends = sorted(self.sent.values(), key=lambda s: s.first_seen_height)
             for i, later in enumerate(sends):
                 for earlier in sends[:i]:
-                    landed = self.landed.get(earlier.signature)
-                    resolved = landed is not None and landed.height <= later.first_seen_height
-                    expired = later.first_seen_height > earlier.last_valid
-                    assert resolved or expired, (
-                        f"{later.signature[:8]} first sent at height {later.first_seen_height}"
-                        f" while {earlier.signature[:8]} could land until {earlier.last_valid}"
-                    )
+                    self._resolved_by(earlier, later.first_seen_height, later.signature)
+            for height in self.builds:
+                for earlier in sends:
+                    if earlier.first_seen_height < height:
+                        self._resolved_by(earlier, height, "a new swap")
+
+    def _resolved_by(self, earlier: Sent, height: int, what: str) -> None:
+        landed = self.landed.get(earlier.signature)
+        resolved = landed is not None and landed.height <= height
+        assert resolved or height > earlier.last_valid, (
+            f"{what[:8]} at height {height} while {earlier.signature[:8]} could land until"
+            f" {earlier.last_valid}")
 
 
 # -- the JSON-RPC server ---------------------------------------------------------------------
@@ -456,6 +463,7 @@ class _Jupiter:
             market.fail_next_swaps -= 1
             instructions.append(Instruction(chain.slippage_program, b"", []))
         blockhash, last_valid = chain.fresh_blockhash()
+        chain.builds.append(chain.height)
         message = MessageV0.try_compile(user, instructions, [], blockhash)
         unsigned = VersionedTransaction.populate(message, [Signature.default()])
         return {

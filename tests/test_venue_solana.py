@@ -518,3 +518,33 @@ def test_amounts_round_to_the_order_not_one_unit_below_it(net: Cluster) -> None:
         assert net.chain.sold_lamports == 570_000_000
 
     scenario(net, body)
+
+
+def test_prepare_refuses_while_an_earlier_sell_landed_unseen(net: Cluster) -> None:
+    async def body(venue: JupiterSwapVenue) -> None:
+        first = await venue.prepare(market())
+        await venue.broadcast(first)  # it lands; nobody has looked it up
+        with pytest.raises(DoubleSellRefused):
+            await venue.prepare(market(attempt=2))
+        assert (await venue.lookup(first)).status is TxStatus.LANDED  # the guard learns it
+        net.chain.assert_no_early_resign()
+        assert net.chain.sold_lamports == 2 * LAMPORTS
+
+    scenario(net, body)
+
+
+def test_the_ground_truth_check_catches_a_second_sell_signed_too_early(net: Cluster) -> None:
+    # The harness can fail: sign and send a second sell while the first may land (what
+    # the venue refuses to do), bypassing the venue's own check.
+    async def body(venue: JupiterSwapVenue) -> None:
+        first = await venue.prepare(market())
+        net.chain.fault("sendTransaction", "drop")
+        await venue.broadcast(first)
+        venue._live.clear()  # defeat the second line of defence
+        second = await venue.prepare(market(fee=60_000, attempt=2))  # a new signature
+        assert second.tx_id != first.tx_id
+        await venue.broadcast(second)
+        with pytest.raises(AssertionError, match="could land until"):
+            net.chain.assert_no_early_resign()
+
+    scenario(net, body)
