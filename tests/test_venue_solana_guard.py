@@ -249,12 +249,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_killed_mid_exit_the_restarted_guard_finds_the_late_landing(
-    net: Cluster, tmp_path: Path,
-) -> None:
-    store_path = tmp_path / "pending.json"
+def kill_mid_exit(net: Cluster, store_path: Path) -> str:
+    """Run an exit in a child process and SIGKILL it once its submission is recorded (its
+    transaction in flight, the child never having seen a status); the signature."""
     chain = net.chain
-    chain.fault("sendTransaction", "queue")
     chain.fault("getSignatureStatuses", *["null"] * 10_000)  # the child never learns
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, net.rpc_url, bytes(chain.wallet).hex(),
@@ -277,9 +275,19 @@ def test_killed_mid_exit_the_restarted_guard_finds_the_late_landing(
         if child.poll() is None:
             child.kill()
             child.wait(10)
+    chain.clear_faults()
     assert len(chain.sent) == 1
     (signature,) = chain.sent
-    chain.clear_faults()
+    return signature
+
+
+def test_killed_mid_exit_the_restarted_guard_finds_the_late_landing(
+    net: Cluster, tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "pending.json"
+    chain = net.chain
+    chain.fault("sendTransaction", "queue")
+    signature = kill_mid_exit(net, store_path)
     assert chain.land_queued() == [signature]  # it lands after the process died
 
     async def restart() -> tuple[int, list[Any], bool]:
@@ -330,3 +338,37 @@ def test_the_example_exits_against_the_local_validator(net: Cluster, tmp_path: P
     net.chain.assert_no_early_resign()
     (landed,) = net.chain.succeeded()
     assert landed in done.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the pending store on this branch keeps no venue_data: after a restart the venue"
+           " has no lastValidBlockHeight, so a lost transaction stays PENDING (safe, but the"
+           " re-exit ends UNRESOLVED). Passes once the guard stores venue_data.",
+)
+def test_after_a_restart_a_lost_sell_expires_and_the_re_exit_closes(
+    net: Cluster, tmp_path: Path,
+) -> None:
+    store_path = tmp_path / "pending.json"
+    chain = net.chain
+    chain.lose = 1  # the killed process's transaction never lands
+    old = kill_mid_exit(net, store_path)
+
+    async def restart() -> ExitOutcome:
+        async with running(net) as venue:
+            guard = guard_for(venue, pending_store=FilePendingStore(store_path),
+                              deadline=3.0, policy=RetryPolicy(
+                                  max_attempts=4, initial_backoff=0.01, max_backoff=0.05,
+                                  total_timeout=2.5, attempt_timeout=0.3,
+                                  min_attempt_time=0.05))
+            await guard.resume_pending()
+            # The same stop-loss again: the guard must wait for the old transaction's
+            # blockhash to expire before a new one is signed.
+            outcome = await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+            await guard.drain(1)
+            return outcome
+
+    outcome = run(restart())
+    assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    assert old not in chain.succeeded()
+    assert_ground_truth(net, outcome)
