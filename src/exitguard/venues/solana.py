@@ -221,6 +221,21 @@ class JupiterSwapVenue:
 
     A ``TwoPhaseVenue``: see the module docstring for the contract, the error table and
     the units of the ladder. Intervals and timeouts are seconds of the running loop.
+
+    - ``input_decimals`` / ``output_decimals``: the mints' decimals (position sizes are in
+      UI units of ``input_mint``; prices in ``output_mint`` per unit).
+    - ``jupiter_url``, ``jupiter_api_key`` (sent as ``x-api-key``, never logged).
+    - ``priority_fee``: what the ladder's fee means, ``"compute_unit_price"``
+      (micro-lamports per CU) or ``"lamports"`` (Jupiter's prioritizationFeeLamports);
+      ``max_priority_fee`` caps it in the same unit.
+    - ``commitment``: the level at which a landing counts (LANDED or FAILED);
+      ``expiry_commitment``: the level of the block height that decides EXPIRED.
+    - ``rpc_timeout`` bounds every RPC call, ``http_timeout`` every Jupiter call;
+      ``confirm_interval`` / ``rebroadcast_interval`` pace ``confirm``.
+    - ``max_retries``: sendTransaction's ``maxRetries`` (None: the node's default);
+      ``skip_preflight``: send even the first copy unsimulated.
+    - Pass ``AsyncClient(url, max_transport_retries=0)`` so that a refused connection or
+      a 429 on the first send counts as "not sent" (else it is reconciled).
     """
 
     def __init__(
