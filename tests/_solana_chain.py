@@ -154,6 +154,8 @@ class Chain:
     pool_start: int = 0
     deliver_at: int | None = None  # the block height at which the queue lands
     builds: list[int] = field(default_factory=list)  # heights of swap builds (then signing)
+    hidden_landings: int = 0  # "null" status answers given for a transaction that landed
+    statuses_hidden_until: int = 0  # below this height every status answer is "null"
     lose: int = 0  # how many more new signatures to lose, every copy of them
     lost: set[str] = field(default_factory=set)
 
@@ -347,6 +349,8 @@ class _Rpc:
             balance = chain.svm.get_balance(Pubkey.from_string(params[0])) or 0
             return 200, GetBalanceResp(balance, ctx).to_json()
         if method == "getSignatureStatuses":
+            if chain.height < chain.statuses_hidden_until:
+                action = "null"
             if action == "null":  # a node behind: it has not seen the landing yet
                 ctx = RpcResponseContext(chain.svm.get_clock().slot - chain.validity * 5)
             return 200, self._statuses(params, ctx, action)
@@ -362,6 +366,8 @@ class _Rpc:
         with chain.lock:
             for sig in params[0]:
                 landed = chain.landed.get(sig)
+                if landed is not None and action == "null":
+                    chain.hidden_landings += 1
                 visible = landed is not None and action != "null" and (
                     search or chain.height - landed.height <= chain.status_cache)
                 if not visible or landed is None:

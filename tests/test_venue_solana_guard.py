@@ -123,13 +123,14 @@ def test_confirmations_stop_answering_while_the_sell_lands_late(net: Cluster) ->
     async def main() -> ExitOutcome:
         async with running(net) as venue:
             net.chain.fault("sendTransaction", "queue")
-            net.chain.fault("getSignatureStatuses", *["null"] * 30)
-            net.chain.deliver_after(12)  # lands 12 blocks later, before expiry
+            net.chain.deliver_after(12)  # lands 12 blocks later, before expiry...
+            net.chain.statuses_hidden_until = net.chain.height + 30  # ...unseen until then
             guard = guard_for(venue)
             return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
 
     outcome = run(main())
     assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    assert net.chain.hidden_landings > 0  # it landed while statuses still said nothing
     assert len(net.chain.sent) == 1
     assert_ground_truth(net, outcome)
 
