@@ -43,6 +43,7 @@ import base64
 import contextlib
 import json
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ class Chain:
     statuses_hidden_until: int = 0  # below this height every status answer is "null"
     lose: int = 0  # how many more new signatures to lose, every copy of them
     lost: set[str] = field(default_factory=set)
+    rejected: set[str] = field(default_factory=set)  # refused at preflight, never forwarded
+    accepted: set[str] = field(default_factory=set)  # forwarded at least once
 
     def __post_init__(self) -> None:
         self.svm.airdrop(self.wallet.pubkey(), 100 * 10**9)
@@ -180,7 +183,8 @@ class Chain:
         with self.lock:
             current = str(self.svm.latest_blockhash())
             used = any(sent.blockhash == current and sig not in self.landed
-                       and sig not in self.lost for sig, sent in self.sent.items())
+                       and sig not in self.lost and sig not in self.rejected
+                       for sig, sent in self.sent.items())
             if not used and self.last_valid - self.height < self.validity:
                 self.svm.expire_blockhash()
                 self.last_valid = self.height + self.validity
@@ -272,6 +276,8 @@ class Chain:
                         self._resolved_by(earlier, height, "a new swap")
 
     def _resolved_by(self, earlier: Sent, height: int, what: str) -> None:
+        if earlier.signature in self.rejected:
+            return  # refused at preflight: it never left the RPC node
         landed = self.landed.get(earlier.signature)
         resolved = landed is not None and landed.height <= height
         assert resolved or height > earlier.last_valid, (
@@ -401,11 +407,15 @@ class _Rpc:
             if not config.get("skipPreflight"):
                 simulated = chain.svm.simulate_transaction(tx)
                 if isinstance(simulated, FailedTransactionMetadata):
+                    if signature not in chain.accepted:
+                        chain.rejected.add(signature)
                     text = {"BlockhashNotFound": "Blockhash not found",
                             "AlreadyProcessed": "This transaction has already been processed",
                             }.get(str(simulated.err()).split(".")[-1], str(simulated.err()))
                     return _preflight_failure(request_id, simulated.err(), text,
                                               list(simulated.meta().logs()))
+            chain.accepted.add(signature)
+            chain.rejected.discard(signature)
             if signature not in chain.landed and signature not in chain.lost and chain.lose > 0:
                 chain.lose -= 1
                 chain.lost.add(signature)
@@ -540,6 +550,15 @@ class Cluster:
     jupiter_url: str
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A hung answer written after the client gave up: expected, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def loopback_client(url: str) -> AsyncClient:
     """solana-py's AsyncClient for the loopback server, with no transport retries (so a
     refused send proves "not sent"). Its HTTP session is swapped for one without a TLS
@@ -556,9 +575,7 @@ def cluster(validity: int = 20, status_cache: int = 60) -> Iterator[Cluster]:
     ``/quote`` ``/swap``), torn down on exit even when the test failed."""
     chain = Chain(validity=validity, status_cache=status_cache)
     market = Market()
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 _handler(chain, _Rpc(chain), _Jupiter(chain, market)))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(chain, _Rpc(chain), _Jupiter(chain, market)))
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), name="solana-rpc",
                               daemon=True)
     thread.start()

@@ -522,10 +522,11 @@ class JupiterSwapVenue:
         """``prepare`` then ``broadcast`` (for callers outside the guard). If the broadcast
         is ambiguous, ``lookup`` of ``Submission(order.client_order_id, order)`` finds the
         signature while this process lives."""
-        earlier = await self._earlier_sell(order.position.id)
+        earlier = self._live.get(order.position.id)
         if earlier is not None:
             # A retry after an ambiguous send: that transaction may land (or did). Hand it
-            # back instead of signing a second sell; confirming it gives its fill.
+            # back at once (no RPC call that could hang) instead of signing a second sell:
+            # confirming it gives its fill, or its expiry, which frees the position.
             _log.warning("submit: %s of position %s may still land; returning it instead of"
                          " signing a second sell", earlier.tx_id, order.position.id)
             return earlier
