@@ -146,21 +146,38 @@ def test_a_lost_transaction_is_replaced_only_after_its_blockhash_expired(
     net: Cluster,
 ) -> None:
     prometheus_client = pytest.importorskip("prometheus_client")
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from exitguard.telemetry import instrument
 
     registry = prometheus_client.CollectorRegistry()
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
 
     async def main() -> ExitOutcome:
         async with running(net) as venue:
             net.chain.lose = 1  # the first signature never lands, however often it is sent
             guard = guard_for(venue)
-            instrument(guard, registry=registry, traces=False, logs=False)
+            instrument(guard, registry=registry, tracer_provider=provider, logs=False)
             return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
 
     outcome = run(main())
+    provider.shutdown()
     # The metrics agree with the chain: one exit closed, one attempt per signature sent.
     assert metric_total(registry, "exitguard_exits_total", outcome="closed") == 1
     assert metric_total(registry, "exitguard_exit_attempts_total") == len(net.chain.sent)
+    # So do the traces: one attempt span per signature, with the fee Jupiter was asked for.
+    attempts = [span for span in spans.get_finished_spans()
+                if span.name == "exitguard.exit.attempt"]
+    assert {str((span.attributes or {})["exitguard.tx_id"]) for span in attempts} == set(
+        net.chain.sent)
+    asked = [int(swap["computeUnitPriceMicroLamports"]) for swap in net.market.swaps]
+    assert [int((span.attributes or {})["exitguard.order.priority_fee"])  # type: ignore[arg-type]
+            for span in sorted(attempts, key=lambda span: span.start_time or 0)] == asked
     assert outcome.status is ExitStatus.CLOSED, outcome.reason
     sends = sorted(net.chain.sent.values(), key=lambda s: s.first_seen_height)
     assert len(sends) == 2
