@@ -9,7 +9,6 @@ is recorded (who, when, why) in the audit history.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -17,11 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import logline
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, TradingHalted
 from .filestore import atomic_write_json
+from .redaction import get_logger
 
-_log = logging.getLogger("exitguard.halt")
+_log = get_logger("exitguard.halt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,8 @@ HaltListener = Callable[[HaltRecord], None]
 
 
 class TradingHalt:
-    """The system-wide, reduce-only halt (the seed's TradingHaltCoordinator)."""
+    """The system-wide, reduce-only halt: blocks new entries (never exits) until an approver
+    on ``approvers`` resumes it; kept in ``store`` so a restart stays halted."""
 
     def __init__(
         self,
@@ -188,8 +190,10 @@ class TradingHalt:
             self._halted, self._reason = True, reason
             self._history.append(record)
             self._persist()
-        _log.error("TRADING HALTED (reduce-only: exits continue): %s", reason)
-        self._notify(self._halt_listeners, record)
+        with logline.hearing() as heard:  # a structured log of the halt replaces the line
+            self._notify(self._halt_listeners, record)
+        if not heard.reported:
+            _log.critical("TRADING HALTED (reduce-only: exits continue): %s", reason)
         return True
 
     def resume(self, approver: str, reason: str) -> HaltRecord:
@@ -207,8 +211,10 @@ class TradingHalt:
             self._halted, self._reason = False, ""
             self._history.append(record)
             self._persist()
-        _log.warning("trading resumed by %s: %s", approver, reason)
-        self._notify(self._resume_listeners, record)
+        with logline.hearing() as heard:
+            self._notify(self._resume_listeners, record)
+        if not heard.reported:
+            _log.warning("trading resumed by %s: %s", approver, reason)
         return record
 
     def _persist(self) -> None:
@@ -229,7 +235,3 @@ class TradingHalt:
                 listener(record)
             except Exception:
                 _log.exception("halt listener raised; ignored")
-
-
-#: The seed's name.
-TradingHaltCoordinator = TradingHalt

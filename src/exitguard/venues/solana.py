@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import math
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -125,9 +124,11 @@ from ..errors import (
     TxExpired,
 )
 from ..policy import EscalationLadder, EscalationStep
+from ..redaction import get_logger
 from ..venue import ExitOrder, Fill, Lookup, OrderMode, Position, Submission, TxStatus
 
-_log = logging.getLogger("exitguard.venues.solana")
+# Redacting logger: errors quote RPC URLs (which often carry an API key in their path).
+_log = get_logger("exitguard.venues.solana")
 _T = TypeVar("_T")
 
 #: Jupiter's public Swap API (no key). Pass ``jupiter_url="https://api.jup.ag/swap/v1"``
