@@ -120,6 +120,10 @@ class FileHaltStore:
 HaltListener = Callable[[HaltRecord], None]
 
 
+#: Seconds between two attempts to write a halt state whose write failed.
+_RETRY_SAVE_EVERY = 5.0
+
+
 class TradingHalt:
     """The system-wide, reduce-only halt: blocks new entries (never exits) until an approver
     on ``approvers`` resumes it; kept in ``store`` so a restart stays halted."""
@@ -140,6 +144,8 @@ class TradingHalt:
         self.store_error: str | None = None
         #: Store reads and writes that failed (``exitguard_faults_total{component="halt_store"}``).
         self.store_failures = 0
+        self._last_save_try = 0.0
+        self._unsaved = False  # the last write failed: the state lives in memory only
         try:
             snapshot = self.store.load()
         except HaltStoreError as exc:
@@ -177,9 +183,28 @@ class TradingHalt:
         return tuple(self._history)
 
     def check_entry(self) -> None:
-        """Raise TradingHalted while halted. Call before opening a position, never before exits."""
+        """Raise TradingHalted while halted. Call before opening a position, never before exits.
+
+        A state whose write failed is written again first (at most every few seconds): a
+        halt that lives only in memory is lost on restart."""
+        if self._unsaved:
+            self.retry_save()
         if self._halted:
             raise TradingHalted(self._reason)
+
+    def retry_save(self) -> bool:
+        """Write the state again after a failed write; True once it is saved. Rate-limited to
+        one try per ``_RETRY_SAVE_EVERY`` seconds (wall time) so entry checks stay cheap."""
+        if not self._unsaved:
+            return True
+        now = wall_time()
+        if now - self._last_save_try < _RETRY_SAVE_EVERY:
+            return False
+        with self._lock:
+            self._persist()
+        if not self._unsaved:
+            _log.warning("halt state saved after an earlier failed write")
+        return not self._unsaved
 
     def halt(self, reason: str, *, actor: str = "circuit_breaker") -> bool:
         """Halt new entries; True if this call halted (False if already halted)."""
@@ -218,15 +243,24 @@ class TradingHalt:
         return record
 
     def _persist(self) -> None:
+        self._last_save_try = wall_time()
         try:
             self.store.save(HaltSnapshot(self._halted, self._reason, tuple(self._history)))
             self.store_error = None
+            self._unsaved = False
         except OSError as exc:
             # The in-memory state stands (a halt is never lost while the process lives);
             # a resume that cannot be persisted comes back as a halt after a restart: safe.
+            # A halt that cannot be persisted is lost on restart: said loudly, counted
+            # (exitguard_faults_total{component="halt_store"}) and written again later.
+            first = not self._unsaved
+            self._unsaved = True
             self.store_error = f"cannot write halt store: {exc.strerror or exc}"
             self.store_failures += 1
-            _log.error("%s; state kept in memory", self.store_error)
+            if first:
+                _log.critical("%s: the %s lives in memory only and is LOST ON RESTART until"
+                              " a write succeeds (retried at each entry check)",
+                              self.store_error, "halt" if self._halted else "resume")
 
     @staticmethod
     def _notify(listeners: list[HaltListener], record: HaltRecord) -> None:

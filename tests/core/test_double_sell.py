@@ -560,3 +560,31 @@ def test_garbage_fill_objects_from_a_lying_venue_are_never_counted() -> None:
     outcome = run_virtual(main())
     assert outcome.fills == ()
     assert outcome.status is ExitStatus.UNRESOLVED
+
+
+def test_a_halt_whose_write_failed_is_written_again_and_said_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging as std_logging
+
+    from exitguard.halt import FileHaltStore, HaltSnapshot, TradingHalt
+
+    class FullDisk(FileHaltStore):
+        full = True
+
+        def save(self, snapshot: HaltSnapshot) -> None:
+            if self.full:
+                raise OSError(28, "No space left on device")
+            super().save(snapshot)
+
+    store = FullDisk(tmp_path / "halt.json")
+    halt = TradingHalt(["alice"], store=store)
+    with caplog.at_level(std_logging.CRITICAL, logger="exitguard"):
+        halt.halt("breaker opened")
+    assert "LOST ON RESTART" in caplog.text
+    assert halt.store_failures == 1
+    store.full = False
+    halt._last_save_try = 0.0  # the retry is rate-limited in wall time; no sleeping in tests
+    with pytest.raises(__import__("exitguard").errors.TradingHalted):
+        halt.check_entry()  # retries the write first
+    assert TradingHalt(["alice"], store=FileHaltStore(tmp_path / "halt.json")).is_halted

@@ -168,7 +168,7 @@ def test_an_observer_that_is_not_callable_is_a_counted_hook_fault() -> None:
 
 
 def test_the_documented_hook_example_runs() -> None:
-    doc = Path(__file__).parent.parent / "docs" / "instrumentation.md"
+    doc = Path(__file__).parents[2] / "docs" / "instrumentation.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
     example = next(b for b in blocks if "def audit" in b)
     done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,

@@ -21,11 +21,11 @@ from exitguard import (
     ExitGuard,
     ExitOutcome,
     InsufficientBalance,
-    NetworkError,
     Position,
     RpcTimeout,
     TradingHalt,
 )
+from exitguard.errors import OrderNotSent
 from exitguard.telemetry import (
     LogHooks,
     TracingHooks,
@@ -204,7 +204,7 @@ def test_late_fill_event_joins_the_exit_trace() -> None:
 
 
 def test_secrets_in_error_texts_are_redacted() -> None:
-    error = NetworkError("POST https://user:hunter2@rpc.example/?api-key=SECRET123 refused")
+    error = OrderNotSent("POST https://user:hunter2@rpc.example/?api-key=SECRET123 refused")
     with capture_logs() as logs:
         traced_guard_run(ScriptedVenue([TxPlan(send_error=error), TxPlan()], price=95.0),
                          log_hooks=LogHooks())

@@ -245,7 +245,7 @@ def test_deadline_exceeded_unresolved_then_abandoned(
         seen["in_flight"] = now.get(cat.EXITS_IN_FLIGHT.name, guard="bot")
         await asyncio.sleep(1.0)  # reconciliation under way (one cancelled before it starts
         # never reports its submissions: see the report on the core)
-        await guard.aclose()  # reconciliation abandoned: no longer tracked
+        await guard.aclose()  # polling stops; the submission stays tracked (never forgotten)
 
     hang = TxPlan(hang=True, lands_after=None, expires_after=1e9)
     outcome, _ = run_guard(ScriptedVenue([hang], price=95.0), registry, body=look,
@@ -258,7 +258,8 @@ def test_deadline_exceeded_unresolved_then_abandoned(
     assert moved[key(cat.EXITS.name, guard="bot", outcome="unresolved")] == 1
     assert moved[key(cat.EXIT_DEADLINE_EXCEEDED.name, guard="bot")] == 1
     assert moved[key(A, guard="bot", mode="limit", result="timeout")] == 1
-    assert after.get(cat.UNRESOLVED_TRANSACTIONS.name, guard="bot") == 0
+    # Closing stops polling but never forgets: it may still land, so it is still counted.
+    assert after.get(cat.UNRESOLVED_TRANSACTIONS.name, guard="bot") == 1
     # The 10 s deadline: the whole exit is in the le=10 bucket, not in le=7.5.
     bucket = cat.EXIT_DURATION.series("bucket")
     assert moved[key(bucket, guard="bot", le="10.0")] == 1
@@ -297,7 +298,7 @@ def test_refused_by_open_breaker_halt_and_resume(
 
     plan = TxPlan(confirm_error=InsufficientBalance("insufficient funds"))
     outcome, _guard = run_guard(ScriptedVenue([plan], price=95.0), registry, body=second,
-                               breaker=breaker, halt=halt)
+                               breaker=breaker, halt=halt, refuse_when_open=True)
     assert outcome.status is ExitStatus.FAILED
     assert refused[0].status is ExitStatus.REFUSED
     after = scrape(server)
@@ -491,17 +492,19 @@ def test_serve_metrics_port_in_use_is_a_clear_oserror(registry: CollectorRegistr
 def test_retry_policy_with_backoff_counts_each_retry(
     registry: CollectorRegistry, server: MetricsServer
 ) -> None:
-    from exitguard import NetworkError
+    from exitguard.errors import OrderNotSent
 
     before = scrape(server)
-    plans = [TxPlan(send_error=NetworkError("refused")), TxPlan(send_error=NetworkError("x")),
+    # Definite "not sent" rejections: retried as the same order (a network error at submit
+    # would be an unknown outcome, reconciled first).
+    plans = [TxPlan(send_error=OrderNotSent("refused")), TxPlan(send_error=OrderNotSent("x")),
              TxPlan()]
     outcome, _ = run_guard(ScriptedVenue(plans, price=95.0), registry,
                            policy=RetryPolicy(max_attempts=3))
     assert outcome.status is ExitStatus.CLOSED
     assert outcome.attempts == 3
     moved = delta(before, scrape(server))
-    assert moved[key(cat.EXIT_RETRIES.name, guard="bot", error_class="network")] == 2
+    assert moved[key(cat.EXIT_RETRIES.name, guard="bot", error_class="not_sent")] == 2
     assert moved[key(A, guard="bot", mode="limit", result="send_failed")] == 2
     assert moved[key(cat.EXITS_RETRIED.name, guard="bot")] == 1
 

@@ -155,10 +155,11 @@ def test_retry_failure_and_status_error(otlp_receiver: OtlpReceiver) -> None:
 
 
 def test_backoff_event(otlp_receiver: OtlpReceiver) -> None:
-    from exitguard import NetworkError, RetryPolicy
+    from exitguard import RetryPolicy
+    from exitguard.errors import OrderNotSent
 
     provider = provider_for(otlp_receiver.endpoint)
-    plans = [TxPlan(send_error=NetworkError("refused")), TxPlan(confirm_after=0.01,
+    plans = [TxPlan(send_error=OrderNotSent("refused")), TxPlan(confirm_after=0.01,
                                                                 lands_after=0.01)]
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.02, max_backoff=0.05)
     (outcome,) = run_exits(ScriptedVenue(plans, price=95.0), provider, policy=policy)

@@ -476,8 +476,8 @@ class Pager:
                 ),
                 headline=(
                     f"Circuit breaker {breaker!r} of guard {guard!r} opened ({old_name} →"
-                    f" {new_name}): exits through it are refused and new entries are halted"
-                    " until it closes."
+                    f" {new_name}): new entries are halted; exits still go (to a fallback"
+                    " venue, or through it as its probe)."
                 ),
                 details=(
                     ("guard", guard),

@@ -231,7 +231,8 @@ def _rule_groups(thresholds: Thresholds) -> tuple[RuleGroup, ...]:
             summary="An exitguard circuit breaker opened",
             description=(
                 f"Circuit breaker {_BREAKER} of guard {_GUARD} is open or opened in the last"
-                f" {w}: exits through it are refused and new entries are halted. Value"
+                f" {w}: new entries are halted; exits still go (to a fallback venue, or"
+                f" as this breaker's probe). Value"
                 f" {_COUNT}: trips in the last {w}, or {open_value} while it stays open."
             ),
             runbook=anchor("ExitguardCircuitBreakerTripped"),

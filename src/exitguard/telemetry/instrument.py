@@ -303,7 +303,7 @@ class TrackedAttempt:
         order_size = self.info.order.size
         filled = order_size if size is None else min(_number("size", size), order_size)
         if price is not None:
-            self._fill = Fill(self.tx_id or "", filled, _number("price", price))
+            self._fill = Fill(self.tx_id or "unknown", filled, _number("price", price))
         self._result = (AttemptResult.FILLED if filled >= order_size * (1 - 1e-9)
                         else AttemptResult.PARTIAL)
         self._exit._filled_without_price += 0.0 if price is not None else filled
@@ -562,7 +562,7 @@ class TrackedExit:
         if fill_price is not None:
             size = self.position.size if filled_size is None else _number(
                 "filled_size", filled_size)
-            fills = [Fill(tx_id or "", size, _number("fill_price", fill_price))]
+            fills = [Fill(tx_id or "unknown", size, _number("fill_price", fill_price))]
         if not fills or (fill_price is None and self._filled_without_price > 0):
             # No price known for (some of) what was sold: report the size, no figures.
             size = filled_size if filled_size is not None else self.position.size
