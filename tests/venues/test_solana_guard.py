@@ -283,12 +283,15 @@ def kill_mid_exit(net: Cluster, store_path: Path) -> str:
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if store_path.exists() and json.loads(store_path.read_text())["pending"]:
+            # Both: the guard records a submission before it broadcasts it (the submit
+            # contract), so a kill on the record alone could come before anything was sent.
+            recorded = store_path.exists() and json.loads(store_path.read_text())["pending"]
+            if recorded and chain.sent:
                 break
             assert child.poll() is None, child.communicate()
             time.sleep(0.02)
         else:
-            pytest.fail("the child never recorded a pending submission")
+            pytest.fail("the child never recorded and sent a submission")
         child.send_signal(signal.SIGKILL)  # mid-exit: its transaction is in flight
         child.wait(10)
     finally:
