@@ -29,6 +29,11 @@ def is_real(value: object) -> TypeGuard[int | float]:
             and not (isinstance(value, float) and math.isnan(value)))
 
 
+def is_finite(value: object) -> TypeGuard[int | float]:
+    """A finite int or float that is not a bool (``True`` is not a price or a size)."""
+    return is_real(value) and math.isfinite(value)
+
+
 def number(owner: str, field: str, value: object, *, finite: bool = True) -> float:
     """A real number (finite unless ``finite=False``), as a float."""
     if not is_real(value):

@@ -36,6 +36,9 @@ from .venue import Fill, Lookup, Submission, TxStatus, Venue
 
 __all__ = ["Pending", "PositionBook", "PositionEntry"]
 
+#: Time left below this is none (asyncio runs timers due within its clock resolution at once).
+_TIME_EPSILON = 1e-6
+
 _log = get_logger("exitguard.guard")
 
 
@@ -280,7 +283,7 @@ class PositionBook:
         while entry.pending:
             for pending in tuple(entry.pending.values()):
                 left = until - loop.time()
-                if left <= 0:
+                if left <= _TIME_EPSILON:
                     return
                 if pending.submission.tx_id not in entry.pending:
                     continue
@@ -288,7 +291,7 @@ class PositionBook:
                 if lookup is not None:
                     answer(pending, lookup)
             left = until - loop.time()
-            if not entry.pending or left <= 0:
+            if not entry.pending or left <= _TIME_EPSILON:
                 return
             await asyncio.sleep(min(interval, left))
             interval = min(interval * 2, self.max_reconcile_interval)

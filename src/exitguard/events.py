@@ -44,6 +44,7 @@ __all__ = [
     "ExitEvent",
     "ExitInfo",
     "GuardEvent",
+    "HaltNotSaved",
     "Halted",
     "HookEvent",
     "LateFill",
@@ -182,6 +183,15 @@ class Halted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class HaltNotSaved(Event):
+    """The halt state could not be written: it lives in memory only until a write succeeds
+    (a restart now would lose it). Paged, like the halt itself."""
+
+    guard: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resumed(Event):
     """An approver resumed trading."""
 
@@ -194,7 +204,9 @@ ExitEvent: TypeAlias = (
     AttemptInfo | AttemptReport | Retry | Backoff | TransitionRecord | Reconciled | ExitOutcome
 )
 #: What the hooks receive besides ``ExitInfo``.
-GuardEvent: TypeAlias = PendingResolved | LateFill | BreakerTransition | Halted | Resumed
+GuardEvent: TypeAlias = (
+    PendingResolved | LateFill | BreakerTransition | Halted | HaltNotSaved | Resumed
+)
 #: Everything a hook receives.
 HookEvent: TypeAlias = ExitInfo | GuardEvent
 

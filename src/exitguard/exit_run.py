@@ -20,25 +20,58 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from .book import Pending, PositionEntry
-from .breaker import Permit
+from ._validate import is_finite
+from .book import Pending, PositionBook, PositionEntry
+from .breaker import CircuitBreaker, Permit
+from .calls import VenueCalls
 from .clock import wall_time
 from .deadline import ExitDeadline
-from .errors import ErrorClass, ExitError, InvalidVenueResponse
-from .faults import FaultSource
-from .hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, SafeObserver
-from .ledger import ExitLedger, describe_error, is_number
+from .errors import Classifier, ErrorClass, ExitError, InvalidVenueResponse
+from .faults import FaultCounts, FaultSource
+from .hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, SafeHooks, SafeObserver
+from .ledger import ExitLedger, describe_error
 from .outcome import ExitOutcome, ExitStatus
+from .policy import EscalationLadder, RetryPolicy
 from .redaction import get_logger
 from .state_machine import ExitState, ExitStateMachine
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TwoPhaseVenue, TxStatus, Venue
 
-if TYPE_CHECKING:
-    from .guard import ExitGuard, Route
+__all__ = ["ExitRun", "GuardSettings", "Route"]
 
-__all__ = ["ExitRun"]
+
+@dataclass(slots=True)
+class Route:
+    """A venue and the breaker that guards it."""
+
+    venue: Venue
+    breaker: CircuitBreaker
+    name: str
+
+
+class GuardSettings(Protocol):
+    """What an exit reads of its guard (``ExitGuard`` implements it): a Protocol, so this
+    module does not import guard.py, which imports it."""
+
+    name: str
+    policy: RetryPolicy
+    deadline: float
+    ladder: EscalationLadder
+    classify: Classifier
+    faults: FaultCounts
+    calls: VenueCalls
+    book: PositionBook
+    reconcile_interval: float
+    max_reconcile_interval: float
+    in_flight: int
+
+    @property
+    def hooks(self) -> SafeHooks | None: ...
+
+    def pick_route(self) -> tuple[Route, Permit] | None: ...
+
 
 _log = get_logger("exitguard.guard")
 
@@ -47,6 +80,9 @@ DID_NOT_LAND = frozenset(
     {ErrorClass.TX_EXPIRED, ErrorClass.SLIPPAGE_EXCEEDED, ErrorClass.INSUFFICIENT_BALANCE,
      ErrorClass.INVALID_ACCOUNT}
 )
+#: Time left below this is none: asyncio runs a timer due within its clock resolution at
+#: once, so waiting for less would spin without time passing (under a virtual clock, forever).
+TIME_EPSILON = 1e-6
 #: Submit errors that prove the order never left: a definite rejection.
 NOT_SENT = DID_NOT_LAND | {ErrorClass.NOT_SENT}
 
@@ -64,7 +100,7 @@ class ExitRun:
         "submission_deadline", "tries_at_step",
     )
 
-    def __init__(self, guard: ExitGuard, entry: PositionEntry, position: Position,
+    def __init__(self, guard: GuardSettings, entry: PositionEntry, position: Position,
                  signal_price: float, reason: str) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
@@ -321,7 +357,7 @@ class ExitRun:
         try:
             price = await self.guard.calls.call(lambda: venue.price(self.position), limit,
                                                 "price")
-            if is_number(price) and price > 0:
+            if is_finite(price) and price > 0:
                 self.last_price = float(price)
                 return self.last_price
             self._quote_failed(f"invalid price of type {type(price).__name__}")
@@ -492,9 +528,11 @@ class ExitRun:
             if not isinstance(task, asyncio.Future):
                 break  # a sync venue answered at once
             left = end - self.loop.time()
-            if await calls.wait(task, min(interval, left), "confirm"):
+            if left > TIME_EPSILON and await calls.wait(task, min(interval, left), "confirm"):
                 break
-            if self.loop.time() >= end:
+            if task.done():
+                break
+            if self.loop.time() >= end - TIME_EPSILON:
                 calls.abandon(task, "confirm")
                 self._unknown(pending, attempt, started, ErrorClass.RPC_TIMEOUT,
                               TimeoutError(f"no confirmation within {self.attempt_limit:g}s"),
@@ -522,7 +560,17 @@ class ExitRun:
         except Exception as exc:
             error_class = self._classify(exc)
             if error_class in DID_NOT_LAND and tx_id in entry.pending:
-                self._did_not_land(pending, attempt, started, error_class, exc)
+                # The venue says it cannot land. One look-up checks it before anything is
+                # resent: a venue whose confirm and chain disagree sells twice otherwise.
+                left = self.deadline.expires_at - self.loop.time()
+                check = await book.lookup(entry, pending, min(self.attempt_limit, left))
+                if check is not None and check.status is TxStatus.LANDED and check.fill:
+                    self._filled(pending, check.fill, attempt, started)
+                elif check is not None and check.status is TxStatus.PENDING:
+                    self._unknown(pending, attempt, started, ErrorClass.RPC_TIMEOUT, exc,
+                                  f"{error_class}, but the venue's look-up says pending")
+                else:
+                    self._did_not_land(pending, attempt, started, error_class, exc)
                 return
             # Outcome unknown: it may still land. Reconcile before sending anything else.
             self._unknown(pending, attempt, started, error_class, exc, str(error_class))

@@ -21,17 +21,18 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from ._validate import is_finite
 from .book import PositionBook
 from .breaker import BreakerState, CircuitBreaker, Permit
 from .calls import VenueCalls
 from .errors import Classifier, ConfigError, default_classifier
-from .exit_run import ExitRun
+from .events import HaltNotSaved
+from .exit_run import ExitRun, Route
 from .faults import FaultCounts, FaultSource
 from .halt import HaltRecord, TradingHalt
 from .hooks import ExitInfo, Hooks, SafeHooks, as_safe_hooks
-from .ledger import describe_error, is_number
+from .ledger import describe_error
 from .outcome import ExitOutcome, ExitStatus
 from .pending import PendingStore
 from .policy import EscalationLadder, RetryPolicy
@@ -48,15 +49,6 @@ MIN_RECONCILE_INTERVAL = 0.01
 def venue_name(venue: object) -> str:
     name = getattr(venue, "name", None)
     return name if isinstance(name, str) and name else type(venue).__name__
-
-
-@dataclass(slots=True)
-class Route:
-    """A venue and the breaker that guards it."""
-
-    venue: Venue
-    breaker: CircuitBreaker
-    name: str
 
 
 class ExitGuard:
@@ -93,7 +85,7 @@ class ExitGuard:
             ("max_reconcile_interval", max_reconcile_interval),
             ("background_reconcile_for", background_reconcile_for),
         ):
-            if not (is_number(value) and value > 0):
+            if not (is_finite(value) and value > 0):
                 raise ConfigError("ExitGuard", field, "must be a finite number > 0", value)
         if reconcile_interval < MIN_RECONCILE_INTERVAL:
             raise ConfigError("ExitGuard", "reconcile_interval",
@@ -133,6 +125,7 @@ class ExitGuard:
         if halt is not None:
             halt.on_halt(self._on_halt)
             halt.on_resume(self._on_resume)
+            halt.on_store_failure(self._on_halt_not_saved)
         self.pending_store = pending_store
         self.in_flight = 0
         self.faults = FaultCounts()
@@ -187,6 +180,10 @@ class ExitGuard:
     def _on_halt(self, record: HaltRecord) -> None:
         if self._hooks is not None:
             self._hooks.halted(self.name, record)
+
+    def _on_halt_not_saved(self, error: str) -> None:
+        if self._hooks is not None:
+            self._hooks.emit(HaltNotSaved(self.name, error))
 
     def _on_resume(self, record: HaltRecord) -> None:
         if self._hooks is not None:
@@ -299,7 +296,7 @@ class ExitGuard:
         """
         if not isinstance(position, Position):
             raise TypeError(f"position must be an exitguard.Position, got {type(position)!r}")
-        if not (is_number(signal_price) and signal_price > 0):
+        if not (is_finite(signal_price) and signal_price > 0):
             raise ValueError(f"signal_price must be a finite number > 0, got {signal_price!r}")
         if not (math.isfinite(position.size) and position.size > 0):
             raise ValueError(f"position.size must be a finite number > 0, got {position.size!r}")

@@ -146,6 +146,7 @@ class TradingHalt:
         self.store_failures = 0
         self._last_save_try = 0.0
         self._unsaved = False  # the last write failed: the state lives in memory only
+        self._store_failure_listeners: list[Callable[[str], None]] = []
         try:
             snapshot = self.store.load()
         except HaltStoreError as exc:
@@ -169,6 +170,10 @@ class TradingHalt:
 
     def on_resume(self, listener: HaltListener) -> None:
         self._resume_listeners.append(listener)
+
+    def on_store_failure(self, listener: Callable[[str], None]) -> None:
+        """``listener(error)`` when a write of the halt state first fails (the guard pages)."""
+        self._store_failure_listeners.append(listener)
 
     @property
     def is_halted(self) -> bool:
@@ -261,6 +266,11 @@ class TradingHalt:
                 _log.critical("%s: the %s lives in memory only and is LOST ON RESTART until"
                               " a write succeeds (retried at each entry check)",
                               self.store_error, "halt" if self._halted else "resume")
+                for listener in tuple(self._store_failure_listeners):
+                    try:
+                        listener(self.store_error)
+                    except Exception:
+                        _log.exception("halt store listener raised; ignored")
 
     @staticmethod
     def _notify(listeners: list[HaltListener], record: HaltRecord) -> None:

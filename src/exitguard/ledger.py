@@ -8,24 +8,16 @@ order the guard really sent, the outcome's figures and the text of an error are 
 
 from __future__ import annotations
 
-import math
-
+from ._validate import is_finite
 from .errors import ErrorClass, InvalidVenueResponse
 from .outcome import ExitOutcome, ExitStatus, exit_figures
 from .state_machine import TransitionRecord
 from .venue import Fill, Position
 
-__all__ = ["DUST", "ExitLedger", "check_fill", "describe_error", "is_number"]
+__all__ = ["DUST", "ExitLedger", "check_fill", "describe_error"]
 
 #: A remainder below this share of the position is dust: the position counts as closed.
 DUST = 1e-9
-
-
-def is_number(value: object) -> bool:
-    """A finite int or float that is not a bool (``True`` is not a quantity)."""
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
 
 
 def describe_error(error: BaseException | str) -> str:
@@ -57,9 +49,9 @@ def check_fill(
     if not isinstance(fill, Fill):
         raise InvalidVenueResponse(f"expected a Fill, got {type(fill).__name__}")
     size, price = fill.size, fill.price
-    if not (is_number(size) and size > 0):
+    if not (is_finite(size) and size > 0):
         raise InvalidVenueResponse(f"fill size {size!r} is not a positive number")
-    if not (is_number(price) and price > 0):
+    if not (is_finite(price) and price > 0):
         raise InvalidVenueResponse(f"fill price {price!r} is not a positive number")
     if fill.tx_id not in tx_ids:
         raise InvalidVenueResponse(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import TxExpired
+from .errors import InsufficientBalance, InvalidAccount, SlippageExceeded, TxExpired
 from .events import Event, ExitEvent, HookEvent, event_name
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
 from .vtime import VirtualTimeLoop, run_virtual
@@ -35,6 +35,13 @@ __all__ = [
     "run_virtual",
     "unchecked_fill",
 ]
+
+
+#: What a consistent venue's look-up says of a transaction whose confirm raised one of these.
+_DID_NOT_LAND_STATUS: dict[type[BaseException], TxStatus] = {
+    TxExpired: TxStatus.EXPIRED, SlippageExceeded: TxStatus.FAILED,
+    InsufficientBalance: TxStatus.FAILED, InvalidAccount: TxStatus.FAILED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,10 @@ class ScriptedVenue:
         now = self._now()
         if tx.landed_by(now):
             return Lookup(TxStatus.LANDED, self._fill(tx, submission.tx_id))
+        error = tx.plan.confirm_error
+        failed = None if error is None else _DID_NOT_LAND_STATUS.get(type(error))
+        if failed is not None and tx.lands_at is None and now >= tx.sent_at + tx.plan.confirm_after:
+            return Lookup(failed)  # what confirm said (it expired, or it failed on chain)
         if now >= tx.expires_at:
             return Lookup(TxStatus.EXPIRED)
         return Lookup(TxStatus.PENDING)

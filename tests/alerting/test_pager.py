@@ -127,6 +127,21 @@ def test_a_halt_pages_with_reason_actor_and_time(
             assert line in body, (line, body)
 
 
+def test_a_halt_that_could_not_be_saved_pages_with_its_error(
+    services: WebhookSink, make_pager: Callable[..., Pager]
+) -> None:
+    from exitguard.events import HaltNotSaved
+
+    pager = make_pager()
+    pager(HaltNotSaved("g1", "cannot write halt store: No space left on device"))
+    asyncio.run(pager.drain())
+    for prefix in ("/slack", "/discord"):
+        body = services.wait_for_requests(prefix)[0].text
+        for line in ("halt state not saved (guard g1)", "event: halt_not_saved",
+                     "No space left on device", "a restart would lose it"):
+            assert line in body, (line, body)
+
+
 def test_only_transitions_to_open_page(
     services: WebhookSink, make_pager: Callable[..., Pager]
 ) -> None:

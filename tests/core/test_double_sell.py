@@ -379,7 +379,7 @@ def test_a_venue_that_swallows_cancellation_cannot_hold_the_exit(method: str) ->
                 await self._stall()
             return await super().lookup(submission)
 
-    venue = Stubborn([TxPlan(lands_after=None, expires_after=1e9)], price=95.0)
+    venue = Stubborn([TxPlan(lands_after=None, expires_after=1e5)], price=95.0)
 
     async def main() -> tuple[ExitOutcome, float, int]:
         guard = ExitGuard(venue, deadline=0.5, background_reconcile_for=1.0,
@@ -577,11 +577,16 @@ def test_a_halt_whose_write_failed_is_written_again_and_said_loudly(
                 raise OSError(28, "No space left on device")
             super().save(snapshot)
 
+    from exitguard.testing import RecordingHooks
+
     store = FullDisk(tmp_path / "halt.json")
     halt = TradingHalt(["alice"], store=store)
+    hooks = RecordingHooks()
+    ExitGuard(ScriptedVenue(), halt=halt, hooks=hooks, name="bot")
     with caplog.at_level(std_logging.CRITICAL, logger="exitguard"):
         halt.halt("breaker opened")
     assert "LOST ON RESTART" in caplog.text
+    assert "halt_not_saved" in hooks.names()  # the pager pages on it
     assert halt.store_failures == 1
     store.full = False
     halt._last_save_try = 0.0  # the retry is rate-limited in wall time; no sleeping in tests

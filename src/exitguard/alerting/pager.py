@@ -42,7 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
 from exitguard._validate import non_negative, positive
-from exitguard.events import BreakerTransition, ExitInfo, Halted, HookEvent
+from exitguard.events import BreakerTransition, ExitInfo, Halted, HaltNotSaved, HookEvent
 from exitguard.redaction import RedactingFilter, get_logger, redact
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
@@ -77,6 +77,7 @@ DEFAULT_TIMEOUT = 10.0
 class PageKind(enum.StrEnum):
     BREAKER_OPEN = "breaker_open"
     HALTED = "halted"
+    HALT_NOT_SAVED = "halt_not_saved"
 
 
 class PageResult(enum.StrEnum):
@@ -92,6 +93,7 @@ class PageResult(enum.StrEnum):
 _RUNBOOK_ALERTS = {
     PageKind.BREAKER_OPEN: "ExitguardCircuitBreakerTripped",
     PageKind.HALTED: "ExitguardTradingHalted",
+    PageKind.HALT_NOT_SAVED: "ExitguardTradingHalted",
 }
 #: The links with the default runbooks page.
 _RUNBOOKS = {kind: runbook_url(alert) for kind, alert in _RUNBOOK_ALERTS.items()}
@@ -449,6 +451,8 @@ class Pager:
             self.breaker_transition(event.guard, event.breaker, event.old, event.new)
         elif isinstance(event, Halted):
             self.halted(event.guard, event.record)
+        elif isinstance(event, HaltNotSaved):
+            self.halt_not_saved(event.guard, event.error)
 
     def exit_started(self, exit: ExitInfo) -> None:
         """On a guard's first exit, start its page counters at 0 for every channel and result,
@@ -509,6 +513,25 @@ class Pager:
                     ("actor", redact(record.actor)),
                     ("at", _iso(record.at)),
                 ),
+            )
+        )
+
+    def halt_not_saved(self, guard: str, error: str) -> None:
+        if not self.enabled:
+            return
+        error = redact(error)
+        self._event(
+            _Event(
+                guard=guard,
+                kind=PageKind.HALT_NOT_SAVED,
+                title=f"exitguard CRITICAL: halt state not saved (guard {guard})",
+                headline=(
+                    f"Guard {guard!r} could not write its halt file ({error}): the halt lives"
+                    " in memory only and a restart would lose it. Free the disk or fix the"
+                    " file's permissions; the guard writes it again at the next entry check."
+                ),
+                details=(("guard", guard), ("event", PageKind.HALT_NOT_SAVED.value),
+                         ("error", error)),
             )
         )
 

@@ -13,8 +13,8 @@ the venues' conditions:
   unresolved exits and, once the phase ends, late fills;
 - ``outage``: the primary route fails every order (a permanent error) and the backup is
   flaky: failed exits trip the breaker, which halts entries and routes to the backup; when
-  both are open, exits are refused. A simulated operator ("demo-operator") resumes trading
-  a while after each halt.
+  both are open, exits still go to the primary as its breaker's probe (never refused). A
+  simulated operator ("demo-operator") resumes trading a while after each halt.
 
 So every metric of the catalogue moves within a couple of minutes (the pages counter
 only with a pager configured: ``EXITGUARD_PAGER_URLS`` or ``EXITGUARD_PAGER_URLS_FILE``).
