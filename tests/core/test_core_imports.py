@@ -129,9 +129,10 @@ SCRIPT = textwrap.dedent(
 def test_the_core_is_found_and_every_dependency_is_blocked() -> None:
     # Not vacuous: the core, the subpackages and the dependencies are all seen.
     assert {"guard", "hooks", "catalogue", "filestore", "testing", "__main__"} <= set(CORE_MODULES)
-    assert {"telemetry", "alerting", "artefacts", "sim", "cli"} <= set(SUBPACKAGES)
+    assert {"telemetry", "alerting", "artefacts", "sim", "cli", "venues"} <= set(SUBPACKAGES)
     for import_name in ("prometheus_client", "opentelemetry", "structlog", "apprise", "rich",
-                        "yaml", "grafana_foundation_sdk", "matplotlib", "tenacity", "pytest"):
+                        "yaml", "grafana_foundation_sdk", "matplotlib", "tenacity", "pytest",
+                        "solana", "solders"):
         assert import_name in BLOCKED, import_name
 
 

@@ -17,6 +17,7 @@ EXPECTED = {
     "breaker_and_halt.py": "resumed by alice",
     "state_machine_and_deadline.py": "emergency halt",
     "ladder.py": "after 1 failures: market max 500 bps",
+    "solana_jupiter.py": "step 2: market slippageBps=300",  # dry run: no keypair set
 }
 
 
