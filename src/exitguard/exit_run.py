@@ -95,7 +95,8 @@ class ExitRun:
         "attempt_limit", "attempts", "deadline", "deadline_hit", "entry", "failed_attempts",
         "guard", "info", "ladder_failures", "last_attempt_at", "last_error",
         "last_error_class", "last_price", "ledger", "loop", "observer", "outcome",
-        "partial_fills", "permit", "policy", "position", "quote_failed", "reason", "reserve",
+        "partial_fills", "permit", "policy", "position", "quote_failed", "reason", "resend",
+        "reserve",
         "route", "send_failures", "settled", "signal_price", "sm", "step_index", "stop_reason",
         "submission_deadline", "tries_at_step",
     )
@@ -144,6 +145,7 @@ class ExitRun:
         self.settled = False  # the breaker was told the verdict (or the permit released)
         self.quote_failed = False
         self.outcome: ExitOutcome | None = None
+        self.resend: ExitOrder | None = None  # an order the venue proved it never sent
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -393,8 +395,14 @@ class ExitRun:
             self._to(ExitState.ESCALATED, detail=f"ladder step {self.step_index}")
         if self.attempts and self.last_error_class is not None and self.observer is not None:
             self.observer.retry(self.last_error_class, self.attempts + 1)
-        reference = await self._quote(venue)
-        order = self._next_order(reference)
+        resend, self.resend = self.resend, None
+        if resend is not None and resend.size == self.ledger.remaining:
+            # The venue proved the last order never left: send that same order again (same
+            # client order id, so an idempotent venue cannot fill it twice).
+            self.attempts += 1
+            order = resend
+        else:
+            order = self._next_order(await self._quote(venue))
         assert self.route is not None
         attempt = AttemptInfo(self.attempts, order, self.step_index, self.route.name)
         if self.observer is not None:
@@ -412,6 +420,8 @@ class ExitRun:
     def _not_sent(self, attempt: AttemptInfo, started: float, exc: BaseException,
                   error_class: ErrorClass) -> None:
         self._fail_attempt(error_class, exc, sent=error_class is not ErrorClass.NOT_SENT)
+        if error_class is ErrorClass.NOT_SENT:
+            self.resend = attempt.order
         self._to(ExitState.SUBMISSION_FAILED, detail=f"not sent: {error_class}")
         result = (AttemptResult.SEND_FAILED if error_class is ErrorClass.NOT_SENT
                   else AttemptResult.REJECTED)

@@ -330,8 +330,15 @@ def test_a_submit_cut_off_by_the_guards_timeout_is_an_unknown_outcome() -> None:
 
 
 def test_only_a_definite_rejection_is_resent_at_once_and_spends_no_attempt() -> None:
-    venue = ScriptedVenue([TxPlan(send_error=OrderNotSent("rejected locally"))] * 3 + [TxPlan()],
-                          price=95.0)
+    class Recording(ScriptedVenue):
+        orders: list[ExitOrder]
+
+        async def submit(self, order: ExitOrder) -> Submission:
+            self.orders = [*getattr(self, "orders", []), order]
+            return await super().submit(order)
+
+    venue = Recording([TxPlan(send_error=OrderNotSent("rejected locally"))] * 3 + [TxPlan()],
+                      price=95.0)
 
     async def main() -> ExitOutcome:
         guard = ExitGuard(venue, policy=RetryPolicy(max_attempts=1, initial_backoff=0.1))
@@ -341,6 +348,8 @@ def test_only_a_definite_rejection_is_resent_at_once_and_spends_no_attempt() -> 
     assert outcome.status is ExitStatus.CLOSED
     assert venue.submit_calls == 4  # three "not sent" did not spend the one attempt
     assert len(venue.sent) == 1
+    # ... and each resend is the same order: one client order id, so it cannot fill twice.
+    assert len({order.client_order_id for order in venue.orders}) == 1
 
 
 # -- 8. the deadline holds against a venue that ignores cancellation ------------------------

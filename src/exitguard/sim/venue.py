@@ -35,7 +35,14 @@ import random
 from dataclasses import dataclass, field
 
 from .._validate import fraction, non_negative, positive
-from ..errors import InvalidAccount, NetworkError, RpcTimeout, SlippageExceeded, TxExpired
+from ..errors import (
+    InvalidAccount,
+    NetworkError,
+    OrderNotSent,
+    RpcTimeout,
+    SlippageExceeded,
+    TxExpired,
+)
 from ..venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
 from .market import MarketPath
 
@@ -468,6 +475,10 @@ class SimVenue:
             raise InvalidAccount("AccountNotFound: the route's pool account does not exist")
         if conditions.send_failure_rate and rng.random() < conditions.send_failure_rate:
             self.stats.send_failures += 1
+            # Every other one is a refused connection (the node never got it: a definite
+            # "not sent"); the others a reset the guard cannot tell from a sent order.
+            if self.stats.send_failures % 2:
+                raise OrderNotSent("sendTransaction failed: connection refused")
             raise NetworkError("sendTransaction failed: connection reset by peer")
         tx_id = f"{self.name}-{next(self._ids)}"
         tx = self._fate(order, tx_id, self._now(), conditions)
