@@ -11,7 +11,7 @@ from pathlib import Path
 
 import exitguard
 
-BLOCKED = ("prometheus_client", "opentelemetry", "structlog", "apprise")
+BLOCKED = ("prometheus_client", "opentelemetry", "structlog", "apprise", "ccxt", "aiohttp")
 CORE_MODULES = (
     "policy", "errors", "venue", "retry", "deadline", "tracker", "state_machine", "breaker",
     "halt", "guard", "hooks", "outcome", "catalogue", "clock", "vtime", "testing",
@@ -86,7 +86,8 @@ def test_core_imports_and_exits_without_optional_packages() -> None:
     for name in CORE_MODULES:
         assert f"exitguard.{name}" in report["modules"]
     # Subpackages that need the optional packages were not dragged in.
-    assert not any(m.startswith(("exitguard.telemetry", "exitguard.alerting"))
+    assert not any(m.startswith(("exitguard.telemetry", "exitguard.alerting",
+                                 "exitguard.venues"))
                    for m in report["modules"])
 
 
