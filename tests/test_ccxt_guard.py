@@ -201,10 +201,10 @@ def test_a_partial_fill_then_the_remainder_only_after_the_rest_is_cancelled() ->
 
 def test_a_fill_after_the_deadline_is_a_late_fill_never_a_second_sale() -> None:
     async def main() -> None:
-        async with rig(deadline=3.0) as r:
+        async with rig(deadline=2.0) as r:
             server = r.server
             server.set_book("BTCUSDT", 90.0, 90.1)  # the limit at 99 rests
-            server.create_faults.append(CreateFault(fill=0.0, fill_later=4.0))
+            server.create_faults.append(CreateFault(fill=0.0, fill_later=2.6))
             server.faults[("DELETE", "/api/v3/order")] = deque(
                 EndpointFault("hang") for _ in range(100))  # its cancel never gets through
             position, outcome = await exit_position(r)

@@ -20,6 +20,7 @@ import ccxt.async_support as ccxt_async  # noqa: E402
 from exitguard.errors import (  # noqa: E402
     ConfigError,
     ErrorClass,
+    InvalidAccount,
     InvalidVenueResponse,
     NetworkError,
     OrderNotSent,
@@ -574,4 +575,85 @@ def test_a_fill_larger_than_the_order_is_not_believed() -> None:
                                   submission).status is TxStatus.FAILED
             assert venue._verdict({"status": "open", "filled": 0.5},
                                   submission).status is TxStatus.PENDING
+    run(main)
+
+
+def test_unknown_symbol_fails_the_exit_without_sending() -> None:
+    async def main() -> None:
+        async with loopback() as (server, _, venue):
+            lost = ExitOrder(Position("p", "DOGE/USDT", 1.0, 1.0), 1.0, OrderMode.MARKET,
+                             1.0, 100, 1)
+            with pytest.raises(InvalidAccount, match="BadSymbol") as raised:
+                await venue.submit(lost)
+            assert default_classifier(raised.value) is ErrorClass.INVALID_ACCOUNT
+            assert server.order_requests() == []
+    run(main)
+
+
+def test_order_params_may_depend_on_the_order() -> None:
+    async def main() -> None:
+        def params(o: ExitOrder) -> dict[str, str]:
+            return {"selfTradePreventionMode": "EXPIRE_TAKER" if o.attempt == 1 else "NONE"}
+
+        async with loopback(order_params=params) as (server, _, venue):
+            await venue.submit(order(1.0))
+            (sent,) = server.order_requests()
+            assert sent["selfTradePreventionMode"] == "EXPIRE_TAKER"
+    run(main)
+
+
+def test_the_grace_window_runs_from_when_the_order_call_ended() -> None:
+    # ccxt's rate limiter may hold a request before signing it; the window must not start
+    # before the request's timestamp, so it starts when the call ended.
+    async def main() -> None:
+        async with loopback() as (server, _, venue):
+            server.create_faults.append(CreateFault(answer="hang"))
+            exit_order = order(1.0)
+            before = asyncio.get_running_loop().time()
+            with pytest.raises(RpcTimeout):
+                await venue.submit(exit_order)
+            sent_at = venue._sent[exit_order.client_order_id].sent_at
+            assert sent_at is not None
+            assert sent_at >= before + TIMEOUT_MS / 1000 * 0.9
+    run(main)
+
+
+class _ContractExchange:
+    """Just enough of a ccxt exchange with a contract market to see the order's parameters."""
+
+    id = "fakeperp"
+    timeout = 1000
+
+    def __init__(self) -> None:
+        self.options: dict[str, Any] = {}
+        self.has: dict[str, Any] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def load_markets(self) -> None:
+        return None
+
+    def market(self, symbol: str) -> dict[str, Any]:
+        return {"contract": True}
+
+    def amount_to_precision(self, symbol: str, amount: float) -> str:
+        return str(amount)
+
+    def price_to_precision(self, symbol: str, price: float) -> str:
+        return f"{price:.2f}"
+
+    async def create_order(self, *args: Any) -> dict[str, Any]:
+        self.calls.append(args)
+        return {"id": "1", "status": "closed", "filled": args[3], "average": 100.0}
+
+
+def test_contract_exits_are_reduce_only_unless_hedge_mode_names_the_side() -> None:
+    async def main() -> None:
+        exchange = _ContractExchange()
+        await CcxtVenue(exchange).submit(order(1.0))
+        await CcxtVenue(exchange, order_params=lambda o: {"positionSide": "LONG"}).submit(
+            order(1.0))
+        one_way, hedged = (call[5] for call in exchange.calls)
+        assert one_way["reduceOnly"] is True
+        assert "reduceOnly" not in hedged
+        assert hedged["positionSide"] == "LONG"
     run(main)

@@ -262,8 +262,9 @@ class CcxtVenue:
     docstring); ``visibility_lag`` (s) is the exchange's delay before a new order shows.
     ``lookup_by``: "auto" or "order_lists". ``good_till``: given the order's expiry in epoch
     ms, the exchange's good-till-time parameters. ``order_params``: extra parameters for every
-    order (e.g. ``{"marginMode": "isolated"}``). The venue does not own the exchange: close it
-    yourself.
+    order, or a function of the ``ExitOrder`` giving them (e.g. Binance futures in hedge mode:
+    ``lambda o: {"positionSide": "LONG" if o.position.side == "long" else "SHORT"}``). The
+    venue does not own the exchange: close it yourself.
     """
 
     def __init__(
@@ -276,7 +277,7 @@ class CcxtVenue:
         visibility_lag: float = 3.0,
         lookup_by: Literal["auto", "order_lists"] = "auto",
         good_till: Callable[[int], Mapping[str, Any]] | None = None,
-        order_params: Mapping[str, Any] | None = None,
+        order_params: Mapping[str, Any] | Callable[[ExitOrder], Mapping[str, Any]] | None = None,
     ) -> None:
         owner = "CcxtVenue"
         create = getattr(exchange, "create_order", None)
@@ -314,7 +315,12 @@ class CcxtVenue:
         if good_till is not None and not callable(good_till):
             raise ConfigError(owner, "good_till", "must be callable", good_till)
         self.good_till = good_till
-        self.order_params = dict(order_params or {})
+        if order_params is not None and not (
+            callable(order_params) or isinstance(order_params, Mapping)
+        ):
+            raise ConfigError(owner, "order_params", "must be a mapping or a callable",
+                              order_params)
+        self.order_params = order_params
         self._sent: OrderedDict[str, _Sent] = OrderedDict()
         self._cancel_locks: dict[str, asyncio.Lock] = {}
 
@@ -405,10 +411,13 @@ class CcxtVenue:
                      else float(exchange.price_to_precision(symbol, order.worst_price)))
         except Exception as exc:
             raise map_submit_error(exc, secrets=secrets) from None
-        params: dict[str, Any] = {**self.order_params, "clientOrderId": client_id,
+        extra = self.order_params
+        if callable(extra):
+            extra = extra(order)
+        params: dict[str, Any] = {**(extra or {}), "clientOrderId": client_id,
                                   "maxRetriesOnFailure": 0}
-        if market.get("contract"):
-            params["reduceOnly"] = True
+        if market.get("contract") and "positionSide" not in params:  # hedge mode has none
+            params.setdefault("reduceOnly", True)  # an exit never opens the other way
         loop = asyncio.get_running_loop()
         now, now_ms = loop.time(), int(time.time() * 1000)
         expires_at = None if order.valid_for is None else now + order.valid_for
@@ -416,7 +425,7 @@ class CcxtVenue:
             params.update(self.good_till(now_ms + int(order.valid_for * 1000)))
         side = "sell" if order.position.side == "long" else "buy"
         sent = _Sent(symbol, now, now_ms, expires_at)
-        self._remember(client_id, sent)  # before sending: a look-up must know when it left
+        self._remember(client_id, sent)  # before sending: a look-up must know of it
         try:
             answer = await exchange.create_order(
                 symbol, order.mode.value, side, amount, price, params
@@ -425,6 +434,11 @@ class CcxtVenue:
             if isinstance(exc, ccxt_errors.InvalidNonce):
                 await self._resync_clock()
             raise map_submit_error(exc, secrets=secrets) from None
+        finally:
+            # The grace window runs from here, not from the call: ccxt's rate limiter may
+            # hold the request before it is signed (its timestamp, which recvWindow bounds),
+            # and whether the call returned, raised or was cancelled, signing came before.
+            sent.sent_at = loop.time()
         order_id = answer.get("id") if isinstance(answer, Mapping) else None
         if not order_id:
             raise OutcomeUnknown(f"{symbol} order {client_id} answered without an order id")
