@@ -25,6 +25,9 @@ pytest.importorskip("ccxt")
 import itertools
 
 import ccxt.async_support as ccxt_async
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from exitguard import ExitGuard, ExitStatus, Position, RetryPolicy
@@ -62,10 +65,14 @@ class Rig:
     guard: ExitGuard
     hooks: RecordingHooks
     registry: CollectorRegistry
+    spans: InMemorySpanExporter
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, {"guard": "ccxt", **labels})
         return 0.0 if value is None else value
+
+    def spans_named(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.spans.get_finished_spans() if s.name == name]
 
     def reports(self) -> list[AttemptReport]:
         return [p for n, p in self.hooks.events if n == "attempt_finished"]
@@ -84,9 +91,13 @@ async def rig(deadline: float = 6.0, **venue_options: Any) -> AsyncIterator[Rig]
                           max_reconcile_interval=0.3, background_reconcile_for=10.0,
                           hooks=[hooks], name="ccxt")
         registry = CollectorRegistry()
-        instrument(guard, metrics=True, traces=False, logs=False, registry=registry)
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        instrument(guard, metrics=True, traces=True, logs=False, registry=registry,
+                   tracer_provider=provider)
         try:
-            yield Rig(server, venue, guard, hooks, registry)
+            yield Rig(server, venue, guard, hooks, registry, spans)
         finally:
             await guard.aclose()
             await exchange.close()
@@ -127,6 +138,27 @@ def assert_safe(r: Rig, position: Position) -> None:
         assert looked_up, f"{client_id} was never reconciled"
         if following:
             assert looked_up[0] < following[0], f"{client_id} not reconciled before resending"
+    # The telemetry tells the exchange's story: one attempt span per order request, the
+    # exit span's filled size is what the exchange sold within the exit, and a reconcile
+    # event for every submission whose outcome was unknown.
+    reconciled = {event.attributes.get("exitguard.tx_id")
+                  for span in r.spans.get_finished_spans() for event in span.events
+                  if event.name == "exitguard.reconcile" and event.attributes is not None}
+    for report in r.reports():
+        if report.error_class in UNKNOWN:
+            assert {report.tx_id, report.attempt.order.client_order_id} & reconciled
+    attempts = r.spans_named("exitguard.exit.attempt")
+    assert len(attempts) == len(server.order_requests())
+    (exit_span,) = r.spans_named("exitguard.exit")
+    assert exit_span.attributes is not None
+    late = sum(fill.size for _, fill in r.guard.late_fills)
+    assert exit_span.attributes["exitguard.filled_size"] == pytest.approx(server.sold() - late)
+    assert r.metric("exitguard_exit_attempts_total", mode="limit", result="filled") + sum(
+        r.metric("exitguard_exit_attempts_total", mode=mode, result=result)
+        for mode in ("limit", "market")
+        for result in ("partial", "timeout", "expired", "rejected", "send_failed")
+    ) + r.metric("exitguard_exit_attempts_total", mode="market", result="filled") == len(
+        attempts)
 
 
 def test_a_plain_exit_closes_and_the_metrics_agree() -> None:
