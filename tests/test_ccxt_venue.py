@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -656,4 +657,17 @@ def test_contract_exits_are_reduce_only_unless_hedge_mode_names_the_side() -> No
         assert one_way["reduceOnly"] is True
         assert "reduceOnly" not in hedged
         assert hedged["positionSide"] == "LONG"
+    run(main)
+
+
+def test_valid_for_becomes_the_exchanges_good_till_time_where_it_has_one() -> None:
+    async def main() -> None:
+        exchange = _ContractExchange()
+        venue = CcxtVenue(exchange, good_till=lambda ms: {"timeInForce": "GTD",
+                                                           "goodTillDate": ms})
+        before_ms = int(time.time() * 1000)
+        await venue.submit(order(1.0, OrderMode.LIMIT, valid_for=8.0))
+        (call,) = exchange.calls
+        assert call[5]["timeInForce"] == "GTD"
+        assert before_ms + 8000 <= call[5]["goodTillDate"] <= before_ms + 9000
     run(main)
