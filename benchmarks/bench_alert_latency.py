@@ -1,7 +1,7 @@
 """Alert latency: from a breaker trip to the page, with the real servers.
 
-The stack of tests/test_alerting_e2e.py (tests/_alerting_helpers.alerting_stack): a real
-exitguard process (tests/e2e_bot.py: an ExitGuard over a ScriptedVenue, telemetry metrics on
+The stack of tests/e2e/test_alerting_e2e.py (tests/support/alerting.py: alerting_stack): a real
+exitguard process (tests/support/e2e_bot.py: an ExitGuard over a ScriptedVenue, telemetry metrics on
 /metrics, the apprise Pager), a real Prometheus scraping it and evaluating
 alerts/exitguard.rules.yml every second, a real Alertmanager with the project's generated
 config and ``RouteTimings.fast()`` (group_wait 0s), and a local HTTP sink standing in for
@@ -40,12 +40,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test helpers import as tests.support
 
 import pytest  # noqa: E402  (for the skip raised by require_binary)
-
-from _alerting_helpers import (  # noqa: E402
+from tests.support.alerting import (  # noqa: E402
     AM_DISCORD,
     AM_SLACK,
     PAGER_DISCORD_BASE,
@@ -53,7 +52,7 @@ from _alerting_helpers import (  # noqa: E402
     AlertingStack,
     alerting_stack,
 )
-from _servers import Received  # noqa: E402
+from tests.support.servers import Received  # noqa: E402
 
 ALERT = "ExitguardCircuitBreakerTripped"
 PATHS = {

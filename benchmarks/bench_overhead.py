@@ -42,10 +42,10 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
 from exitguard import ExitGuard, Position
+from exitguard.hooks import SafeHooks
 from exitguard.telemetry import (
     LogHooks,
     PrometheusHooks,
-    TelemetryHooks,
     TracingHooks,
     configure_logging,
     configure_tracing,
@@ -109,7 +109,7 @@ def build_guards(
     instrument(guards["metrics"], traces=False, logs=False, registry=CollectorRegistry())
     instrument(guards["traces"], metrics=False, logs=False, tracer_provider=provider)
     instrument(guards["full"], registry=CollectorRegistry(), tracer_provider=provider)
-    guards["full-verbose"].add_hooks(TelemetryHooks(
+    guards["full-verbose"].add_hooks(SafeHooks(
         TracingHooks(provider), PrometheusHooks(CollectorRegistry()),
         LogHooks(routine_level="info"),
     ))

@@ -38,29 +38,25 @@ from prometheus_client import CollectorRegistry
 
 from bench_overhead import InstantVenue
 from exitguard import ExitGuard, Position
-from exitguard.hooks import ExitInfo, NoopHooks
+from exitguard.events import ExitEvent, ExitInfo
 from exitguard.telemetry import TracingHooks, configure_logging, instrument
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
 
-Call = tuple[str, tuple[Any, ...]]
+Call = ExitEvent
 
 
-class _Recorder(NoopHooks):
-    """Records one exit's observer calls, to replay them against other hooks."""
+class _Recorder:
+    """Records one exit's events, to replay them against other hooks."""
 
     def __init__(self) -> None:
         self.info: ExitInfo | None = None
         self.calls: list[Call] = []
 
-    def exit_started(self, exit: ExitInfo) -> Any:
-        self.info = exit
-        calls = self.calls
-
-        class Observer:
-            def __getattr__(self, name: str) -> Callable[..., None]:
-                return lambda *args: calls.append((name, args))
-
-        return Observer()
+    def __call__(self, event: object) -> Any:
+        if isinstance(event, ExitInfo):
+            self.info = event
+            return self.calls.append
+        return None
 
 
 class _Dropping(SpanExporter):
@@ -123,9 +119,10 @@ def _measure(processor: str, write: bool, exits: int, rounds: int) -> tuple[floa
     line = b"x" * 300
 
     def one() -> None:
-        observer = hooks.exit_started(info)
-        for name, args in calls:
-            getattr(observer, name)(*args)
+        observer = hooks(info)
+        assert observer is not None
+        for event in calls:
+            observer(event)
         if write:
             os.write(fd, line)
 

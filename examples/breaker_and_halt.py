@@ -8,7 +8,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from exitguard import BreakerAction, CircuitBreaker, HaltResumeError, TradingHalt, TradingHalted
+from exitguard import CircuitBreaker, TradingHalt, TradingHalted
+from exitguard.breaker import BreakerAction
+from exitguard.errors import HaltResumeError
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ Run: python examples/ladder.py
 
 from __future__ import annotations
 
-from exitguard import AdaptiveExitExecutor, EscalationLadder, Position
+from exitguard import EscalationLadder, Position
+from exitguard.compat import AdaptiveExitExecutor
 
 
 def main() -> None:

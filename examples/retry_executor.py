@@ -29,7 +29,7 @@ async def main() -> None:
         raise ConnectionError("connection refused")
 
     try:
-        await BoundedRetryExecutor(RetryPolicy.default()).execute(always_down)
+        await BoundedRetryExecutor(RetryPolicy.general()).execute(always_down)
     except RetryExhaustedError as exc:
         print(f"gave up: {exc.reason} after {exc.attempts} attempts in {exc.elapsed:.1f}s")
 

@@ -7,16 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from exitguard import (
-    EmergencyHaltError,
-    ExitAttemptTracker,
-    ExitDeadline,
-    ExitState,
-    ExitStateMachine,
-    ExitTimeoutError,
-    StateTransitionError,
-    TimeoutDetector,
-)
+from exitguard.compat import ExitAttemptTracker, ExitStateMachine
+from exitguard.deadline import ExitDeadline, TimeoutDetector
+from exitguard.errors import EmergencyHaltError, ExitTimeoutError, StateTransitionError
+from exitguard.state_machine import ExitState
 from exitguard.testing import run_virtual
 
 

@@ -1,137 +1,83 @@
 """exitguard: bounded, escalating, observable position exits for trading bots.
 
-The public API; everything here imports only the standard library.
+The public API: what a bot needs to guard its exits (``ExitGuard`` and its configuration),
+to implement a venue (the ``Venue`` Protocol, its value types and the errors it raises), and
+to read what an exit did (``ExitOutcome``). Everything here imports only the standard library.
+
+Less common names live in their modules and are imported from there: the hook event types
+(``exitguard.hooks``: ``AttemptInfo``, ``AttemptReport``, ``ExitInfo``, ``NoopHooks`` ...),
+the rarer errors and the classifier (``exitguard.errors``), the in-memory stores and halt
+records (``exitguard.halt``, ``exitguard.pending``), ``BreakerState`` (``exitguard.breaker``),
+``ExitDeadline`` (``exitguard.deadline``), ``ExitState`` (``exitguard.state_machine``), the
+redaction of secrets (``exitguard.redaction``). Names from the original design document
+(``ExitDeadlineManager``, ``TradingHaltCoordinator``, ``ExitStateMachine`` ...) are in
+``exitguard.compat``.
 """
 
-from .breaker import (
-    BreakerAction,
-    BreakerState,
-    CircuitBreaker,
-    CircuitBreakerAction,
-    ExitCircuitBreaker,
-)
-from .deadline import ExitDeadline, ExitDeadlineManager, ExitTimeoutDetector, TimeoutDetector
+from .breaker import CircuitBreaker
 from .errors import (
-    EmergencyHaltError,
+    ConfigError,
     ErrorClass,
-    ExitDeadlineExceeded,
     ExitError,
-    ExitTimeoutError,
-    HaltResumeError,
-    HaltStoreError,
     InsufficientBalance,
     InvalidAccount,
-    InvalidVenueResponse,
     NetworkError,
     RetryExhaustedError,
     RpcTimeout,
     SlippageExceeded,
-    StateTransitionError,
     TradingHalted,
     TxExpired,
-    classify_text,
-    default_classifier,
 )
 from .guard import ExitGuard
-from .halt import FileHaltStore, HaltRecord, MemoryHaltStore, TradingHalt, TradingHaltCoordinator
-from .hooks import (
-    AttemptInfo,
-    AttemptReport,
-    AttemptResult,
-    ExitInfo,
-    ExitObserver,
-    Hooks,
-    NoopExitObserver,
-    NoopHooks,
-)
+from .halt import FileHaltStore, TradingHalt
+from .hooks import Hooks
 from .outcome import ExitOutcome, ExitStatus
-from .pending import (
-    FilePendingStore,
-    MemoryPendingStore,
-    PendingRecord,
-    PendingStore,
-    PendingStoreError,
-)
-from .policy import (
-    AdaptiveExitExecutor,
-    ConfigError,
-    EscalationLadder,
-    EscalationStep,
-    RetryPolicy,
-)
+from .pending import FilePendingStore
+from .policy import EscalationLadder, EscalationStep, RetryPolicy
+from .redaction import protect_loggers
 from .retry import BoundedRetryExecutor
-from .state_machine import ExitState, ExitStateMachine, TransitionRecord
-from .tracker import ExitAttemptTracker
 from .venue import ExitOrder, Fill, Lookup, OrderMode, Position, Submission, TxStatus, Venue
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdaptiveExitExecutor",
-    "AttemptInfo",
-    "AttemptReport",
-    "AttemptResult",
-    "BoundedRetryExecutor",
-    "BreakerAction",
-    "BreakerState",
-    "CircuitBreaker",
-    "CircuitBreakerAction",
-    "ConfigError",
-    "EmergencyHaltError",
-    "ErrorClass",
+__all__ = [  # noqa: RUF022 (grouped by what a user does with them, not sorted)
+    # guarding exits
+    "ExitGuard",
+    "RetryPolicy",
     "EscalationLadder",
     "EscalationStep",
-    "ExitAttemptTracker",
-    "ExitCircuitBreaker",
-    "ExitDeadline",
-    "ExitDeadlineExceeded",
-    "ExitDeadlineManager",
-    "ExitError",
-    "ExitGuard",
-    "ExitInfo",
-    "ExitObserver",
-    "ExitOrder",
-    "ExitOutcome",
-    "ExitState",
-    "ExitStateMachine",
-    "ExitStatus",
-    "ExitTimeoutDetector",
-    "ExitTimeoutError",
+    "CircuitBreaker",
+    "TradingHalt",
     "FileHaltStore",
     "FilePendingStore",
-    "Fill",
-    "HaltRecord",
-    "HaltResumeError",
-    "HaltStoreError",
     "Hooks",
+    # what an exit returns
+    "ExitOutcome",
+    "ExitStatus",
+    # implementing a venue
+    "Venue",
+    "Position",
+    "ExitOrder",
+    "OrderMode",
+    "Submission",
+    "Fill",
+    "Lookup",
+    "TxStatus",
+    # errors
+    "ExitError",
+    "ErrorClass",
+    "ConfigError",
+    "TradingHalted",
+    "NetworkError",
+    "RpcTimeout",
+    "TxExpired",
+    "SlippageExceeded",
     "InsufficientBalance",
     "InvalidAccount",
-    "InvalidVenueResponse",
-    "Lookup",
-    "MemoryHaltStore",
-    "MemoryPendingStore",
-    "NetworkError",
-    "NoopExitObserver",
-    "NoopHooks",
-    "OrderMode",
-    "PendingRecord",
-    "PendingStore",
-    "PendingStoreError",
-    "Position",
+    # the retry primitive on its own
+    "BoundedRetryExecutor",
     "RetryExhaustedError",
-    "RetryPolicy",
-    "RpcTimeout",
-    "SlippageExceeded",
-    "StateTransitionError",
-    "Submission",
-    "TimeoutDetector",
-    "TradingHalt",
-    "TradingHaltCoordinator",
-    "TradingHalted",
-    "TransitionRecord",
-    "TxExpired",
-    "TxStatus",
-    "Venue",
-    "classify_text",
-    "default_classifier",
 ]
+
+# Every logger of the core exists now (each module makes its own at import): redact them all.
+protect_loggers()

@@ -1,7 +1,12 @@
-"""``python -m exitguard``: the same as the ``exitguard`` command."""
+"""``python -m exitguard``: the same as the ``exitguard`` command.
+
+Python requires this file at the package's top level, so it is the one module there that is
+not core: it only starts the CLI (:mod:`exitguard.cli`), and does so only when run.
+"""
 
 import sys
 
-from .cli import main
+if __name__ == "__main__":
+    from exitguard.cli import main
 
-sys.exit(main())
+    sys.exit(main())

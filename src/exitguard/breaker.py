@@ -1,7 +1,7 @@
 """A circuit breaker for exits: closed, open, and a half-open that really probes.
 
 Opens on the Nth consecutive failed exit (the threshold means "opens on the Nth", which
-is what the seed's contradictory test wanted) or when the failure rate over a sliding
+is what the original design's contradictory test wanted) or when the failure rate over a sliding
 window passes a limit. While open it refuses exits fast so the bot can route elsewhere.
 After ``cooldown`` it lets ``half_open_probes`` exits through; a success closes it, a failure
 re-opens it. Every transition is reported to listeners, so even an open that lasts less than
@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import logline
+from ._validate import fraction, positive, whole
 from .clock import Clock, loop_time
-from .errors import ConfigError
+from .redaction import get_logger
 
-_log = logging.getLogger("exitguard.breaker")
+_log = get_logger("exitguard.breaker")
 
 
 class BreakerState(enum.StrEnum):
@@ -35,28 +36,43 @@ class BreakerState(enum.StrEnum):
 
 
 _GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+#: The level of a transition's log line (the structured one of exitguard.telemetry too).
+_LEVEL = {BreakerState.CLOSED: logging.INFO, BreakerState.HALF_OPEN: logging.WARNING,
+          BreakerState.OPEN: logging.ERROR}
 
 
 class BreakerAction(enum.Enum):
-    """What a recorded failure means for the caller (the seed's CircuitBreakerAction)."""
+    """What a recorded failure means for the caller: go on, or halt new entries."""
 
     CONTINUE = "continue"
     HALT_TRADING = "halt_trading"
 
-
-CircuitBreakerAction = BreakerAction
 
 TransitionListener = Callable[[str, BreakerState, BreakerState, str], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Proof that an exit was let through; half-open probes hold one of the few slots."""
+    """Proof that an exit was let through; half-open probes hold one of the few slots.
+
+    ``forced``: the breaker was open and the exit went anyway as its probe (an exit is
+    never refused by default): it holds no slot, and its result still counts.
+    """
 
     probe: bool
+    forced: bool = False
 
 
 class CircuitBreaker:
+    """Stops sending exits to a venue that keeps failing, and lets a few through to test it.
+
+    Opens on the ``failure_threshold``-th consecutive failed exit, or when the share of
+    failures over the last ``window`` seconds reaches ``failure_rate`` (after ``min_calls``
+    exits); refuses exits while open; after ``cooldown`` seconds lets ``half_open_probes``
+    exits through, and closes on a success or re-opens on a failure. ``name`` labels it in
+    metrics and logs (one breaker per venue route).
+    """
+
     def __init__(
         self,
         failure_threshold: int = 3,
@@ -69,35 +85,16 @@ class CircuitBreaker:
         min_calls: int = 10,
         clock: Clock = loop_time,
     ) -> None:
-        def bad(field: str, problem: str, value: object) -> ConfigError:
-            return ConfigError("CircuitBreaker", field, problem, value)
-
-        def is_number(value: object) -> bool:
-            return isinstance(value, int | float) and not isinstance(value, bool)
-
-        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or (
-            failure_threshold < 1
-        ):
-            raise bad("failure_threshold", "must be an integer >= 1", failure_threshold)
-        if not (is_number(cooldown) and math.isfinite(cooldown) and cooldown > 0):
-            raise bad("cooldown", "must be a finite number > 0", cooldown)
-        if isinstance(half_open_probes, bool) or not isinstance(half_open_probes, int) or (
-            half_open_probes < 1
-        ):
-            raise bad("half_open_probes", "must be an integer >= 1", half_open_probes)
-        if failure_rate is not None and not (is_number(failure_rate) and 0 < failure_rate <= 1):
-            raise bad("failure_rate", "must be a number in (0, 1]", failure_rate)
-        if not (is_number(window) and math.isfinite(window) and window > 0):
-            raise bad("window", "must be a finite number > 0", window)
-        if isinstance(min_calls, bool) or not isinstance(min_calls, int) or min_calls < 1:
-            raise bad("min_calls", "must be an integer >= 1", min_calls)
+        owner = "CircuitBreaker"
         self.name = name
-        self.failure_threshold = failure_threshold
-        self.cooldown = float(cooldown)
-        self.half_open_probes = half_open_probes
+        self.failure_threshold = whole(owner, "failure_threshold", failure_threshold, 1)
+        self.cooldown = positive(owner, "cooldown", cooldown)
+        self.half_open_probes = whole(owner, "half_open_probes", half_open_probes, 1)
+        if failure_rate is not None:
+            fraction(owner, "failure_rate", failure_rate, zero=False)
         self.failure_rate = failure_rate
-        self.window = float(window)
-        self.min_calls = min_calls
+        self.window = positive(owner, "window", window)
+        self.min_calls = whole(owner, "min_calls", min_calls, 1)
         self._clock = clock
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
@@ -157,13 +154,17 @@ class CircuitBreaker:
         if event is None:
             return
         old, new, reason = event
-        log = _log.error if new is BreakerState.OPEN else _log.warning
-        log("circuit breaker %s: %s -> %s (%s)", self.name, old, new, reason)
-        for listener in tuple(self._listeners):
-            try:
-                listener(self.name, old, new, reason)
-            except Exception:
-                _log.exception("circuit breaker listener raised; ignored")
+        # Listeners first: a guard's structured log of this transition (exitguard.logline)
+        # replaces the plain line, written at the same level otherwise.
+        with logline.hearing() as heard:
+            for listener in tuple(self._listeners):
+                try:
+                    listener(self.name, old, new, reason)
+                except Exception:
+                    _log.exception("circuit breaker listener raised; ignored")
+        if not heard.reported:
+            _log.log(_LEVEL[new], "circuit breaker %s: %s -> %s (%s)", self.name, old, new,
+                     reason)
 
     def allow(self) -> Permit | None:
         """Let an exit through (returning a permit) or refuse it (None) without waiting."""
@@ -182,8 +183,13 @@ class CircuitBreaker:
         self._notify(event)
         return permit
 
+    def probe_anyway(self) -> Permit:
+        """Let an exit through although the breaker refuses: it is the breaker's probe
+        (success closes it, failure keeps it open) without taking a half-open slot."""
+        return Permit(probe=True, forced=True)
+
     def should_accept_exit(self) -> bool:
-        """The seed's check: would an exit be let through now? Takes no probe slot."""
+        """The original design's check: would an exit be let through now? Takes no probe slot."""
         state = self.state
         if state is BreakerState.HALF_OPEN:
             with self._lock:
@@ -192,7 +198,7 @@ class CircuitBreaker:
 
     def release(self, permit: Permit | None) -> None:
         """Give a probe slot back without a verdict (the exit was cancelled)."""
-        if permit is not None and permit.probe:
+        if permit is not None and permit.probe and not permit.forced:
             with self._lock:
                 self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
@@ -201,9 +207,12 @@ class CircuitBreaker:
             self._consecutive_failures = 0
             self._record_call(ok=True)
             event = None
-            if self._state is BreakerState.HALF_OPEN:
+            forced = permit is not None and permit.forced
+            if self._state is BreakerState.HALF_OPEN or (
+                forced and self._state is BreakerState.OPEN
+            ):
                 event = self._set(BreakerState.CLOSED, "probe exit succeeded")
-            elif permit is not None and permit.probe:
+            elif permit is not None and permit.probe and not forced:
                 self._probes_in_flight = max(0, self._probes_in_flight - 1)
         self._notify(event)
 
@@ -250,7 +259,3 @@ class CircuitBreaker:
                 self._state is not BreakerState.CLOSED
             ) else None
         self._notify(event)
-
-
-#: The seed's name.
-ExitCircuitBreaker = CircuitBreaker

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from ._validate import is_real, number, positive
 from .clock import Clock, loop_time
 from .errors import ConfigError, ExitDeadlineExceeded, ExitTimeoutError
 
@@ -14,34 +14,31 @@ _T = TypeVar("_T")
 
 
 class ExitDeadline:
-    """A hard window (default 30 s) opened at construction, in loop time.
+    """A hard time budget of ``seconds`` (default 30) opened at construction, in loop time.
 
-    Unlike the seed's manager, every wait goes through ``remaining()``, so nothing sleeps
-    past the window.
+    Every wait goes through ``remaining()``, so nothing sleeps past it (the original design's
+    manager, ``exitguard.compat.ExitDeadlineManager``, could).
     """
 
-    __slots__ = ("_clock", "started_at", "window")
+    __slots__ = ("_clock", "seconds", "started_at")
 
     def __init__(
-        self, window: float = 30.0, *, started_at: float | None = None, clock: Clock = loop_time
+        self, seconds: float = 30.0, *, started_at: float | None = None, clock: Clock = loop_time
     ) -> None:
-        if isinstance(window, bool) or not isinstance(window, int | float) or not (
-            window > 0 and math.isfinite(window)
-        ):
-            raise ConfigError("ExitDeadline", "window", "must be a finite number > 0", window)
-        if started_at is not None and (
-            isinstance(started_at, bool)
-            or not isinstance(started_at, int | float)
-            or not math.isfinite(started_at)
-        ):
-            raise ConfigError("ExitDeadline", "started_at", "must be a finite number", started_at)
+        self.seconds = positive("ExitDeadline", "seconds", seconds)
+        if started_at is not None:
+            number("ExitDeadline", "started_at", started_at)
         self._clock = clock
-        self.window = float(window)
         self.started_at = clock() if started_at is None else started_at
 
     @property
+    def window(self) -> float:
+        """``seconds``, by the original design's name (``is_within_window`` keeps it too)."""
+        return self.seconds
+
+    @property
     def expires_at(self) -> float:
-        return self.started_at + self.window
+        return self.started_at + self.seconds
 
     def elapsed(self) -> float:
         return self._clock() - self.started_at
@@ -55,7 +52,7 @@ class ExitDeadline:
     def assert_within_window(self) -> None:
         """Raise ExitDeadlineExceeded once the window has passed."""
         if not self.is_within_window():
-            raise ExitDeadlineExceeded(self.elapsed(), self.window)
+            raise ExitDeadlineExceeded(self.elapsed(), self.seconds)
 
     def bound(self, limit: float | None = None) -> float:
         """A wait of at most ``limit`` seconds, cut to the time left."""
@@ -66,9 +63,6 @@ class ExitDeadline:
         """Await within the window; on expiry cancel it and raise ExitTimeoutError."""
         return await TimeoutDetector(name, self.remaining(), clock=self._clock).run(awaitable)
 
-
-#: The seed's name.
-ExitDeadlineManager = ExitDeadline
 
 
 class TimeoutDetector:
@@ -84,9 +78,7 @@ class TimeoutDetector:
         deadline: ExitDeadline | None = None,
         clock: Clock = loop_time,
     ) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(
-            timeout
-        ) or timeout < 0:
+        if not (is_real(timeout) and timeout >= 0):  # infinity: no own limit, the deadline's
             raise ConfigError("TimeoutDetector", "timeout", "must be a number >= 0", timeout)
         self.name = name
         self.timeout = float(timeout)
@@ -120,7 +112,3 @@ class TimeoutDetector:
             if not bound.expired():
                 raise  # the operation's own TimeoutError (e.g. RpcTimeout): not ours to rename
             raise ExitTimeoutError(self.name, self.elapsed(), self.limit) from None
-
-
-#: The seed's name.
-ExitTimeoutDetector = TimeoutDetector

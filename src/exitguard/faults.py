@@ -23,6 +23,7 @@ class FaultSource(enum.StrEnum):
     CLASSIFIER = "classifier"  # the error classifier raised
     PENDING_STORE = "pending_store"  # the pending-transaction store failed
     HALT_STORE = "halt_store"  # the halt file is corrupt or cannot be written
+    VENUE_CALL = "venue_call"  # a venue call ignored cancellation: left to finish on its own
 
 
 class FaultCounts:

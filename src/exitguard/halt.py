@@ -9,7 +9,6 @@ is recorded (who, when, why) in the audit history.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -17,11 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import logline
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, TradingHalted
 from .filestore import atomic_write_json
+from .redaction import get_logger
 
-_log = logging.getLogger("exitguard.halt")
+_log = get_logger("exitguard.halt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,13 @@ class FileHaltStore:
 HaltListener = Callable[[HaltRecord], None]
 
 
+#: Seconds between two attempts to write a halt state whose write failed.
+_RETRY_SAVE_EVERY = 5.0
+
+
 class TradingHalt:
-    """The system-wide, reduce-only halt (the seed's TradingHaltCoordinator)."""
+    """The system-wide, reduce-only halt: blocks new entries (never exits) until an approver
+    on ``approvers`` resumes it; kept in ``store`` so a restart stays halted."""
 
     def __init__(
         self,
@@ -138,6 +144,8 @@ class TradingHalt:
         self.store_error: str | None = None
         #: Store reads and writes that failed (``exitguard_faults_total{component="halt_store"}``).
         self.store_failures = 0
+        self._last_save_try = 0.0
+        self._unsaved = False  # the last write failed: the state lives in memory only
         try:
             snapshot = self.store.load()
         except HaltStoreError as exc:
@@ -175,9 +183,28 @@ class TradingHalt:
         return tuple(self._history)
 
     def check_entry(self) -> None:
-        """Raise TradingHalted while halted. Call before opening a position, never before exits."""
+        """Raise TradingHalted while halted. Call before opening a position, never before exits.
+
+        A state whose write failed is written again first (at most every few seconds): a
+        halt that lives only in memory is lost on restart."""
+        if self._unsaved:
+            self.retry_save()
         if self._halted:
             raise TradingHalted(self._reason)
+
+    def retry_save(self) -> bool:
+        """Write the state again after a failed write; True once it is saved. Rate-limited to
+        one try per ``_RETRY_SAVE_EVERY`` seconds (wall time) so entry checks stay cheap."""
+        if not self._unsaved:
+            return True
+        now = wall_time()
+        if now - self._last_save_try < _RETRY_SAVE_EVERY:
+            return False
+        with self._lock:
+            self._persist()
+        if not self._unsaved:
+            _log.warning("halt state saved after an earlier failed write")
+        return not self._unsaved
 
     def halt(self, reason: str, *, actor: str = "circuit_breaker") -> bool:
         """Halt new entries; True if this call halted (False if already halted)."""
@@ -188,8 +215,10 @@ class TradingHalt:
             self._halted, self._reason = True, reason
             self._history.append(record)
             self._persist()
-        _log.error("TRADING HALTED (reduce-only: exits continue): %s", reason)
-        self._notify(self._halt_listeners, record)
+        with logline.hearing() as heard:  # a structured log of the halt replaces the line
+            self._notify(self._halt_listeners, record)
+        if not heard.reported:
+            _log.critical("TRADING HALTED (reduce-only: exits continue): %s", reason)
         return True
 
     def resume(self, approver: str, reason: str) -> HaltRecord:
@@ -207,20 +236,31 @@ class TradingHalt:
             self._halted, self._reason = False, ""
             self._history.append(record)
             self._persist()
-        _log.warning("trading resumed by %s: %s", approver, reason)
-        self._notify(self._resume_listeners, record)
+        with logline.hearing() as heard:
+            self._notify(self._resume_listeners, record)
+        if not heard.reported:
+            _log.warning("trading resumed by %s: %s", approver, reason)
         return record
 
     def _persist(self) -> None:
+        self._last_save_try = wall_time()
         try:
             self.store.save(HaltSnapshot(self._halted, self._reason, tuple(self._history)))
             self.store_error = None
+            self._unsaved = False
         except OSError as exc:
             # The in-memory state stands (a halt is never lost while the process lives);
             # a resume that cannot be persisted comes back as a halt after a restart: safe.
+            # A halt that cannot be persisted is lost on restart: said loudly, counted
+            # (exitguard_faults_total{component="halt_store"}) and written again later.
+            first = not self._unsaved
+            self._unsaved = True
             self.store_error = f"cannot write halt store: {exc.strerror or exc}"
             self.store_failures += 1
-            _log.error("%s; state kept in memory", self.store_error)
+            if first:
+                _log.critical("%s: the %s lives in memory only and is LOST ON RESTART until"
+                              " a write succeeds (retried at each entry check)",
+                              self.store_error, "halt" if self._halted else "resume")
 
     @staticmethod
     def _notify(listeners: list[HaltListener], record: HaltRecord) -> None:
@@ -229,7 +269,3 @@ class TradingHalt:
                 listener(record)
             except Exception:
                 _log.exception("halt listener raised; ignored")
-
-
-#: The seed's name.
-TradingHaltCoordinator = TradingHalt

@@ -11,14 +11,23 @@ from .venue import Fill, Position
 
 
 class ExitStatus(enum.StrEnum):
+    """How an exit ended: only CLOSED means the whole position is sold."""
+
     CLOSED = "closed"  # the whole position was sold
     FAILED = "failed"  # gave up; nothing may still land (the position may be partly sold)
     UNRESOLVED = "unresolved"  # the deadline passed while a submission may still land
-    REFUSED = "refused"  # the circuit breaker refused it; nothing was sent
+    REFUSED = "refused"  # an open breaker refused it (only with refuse_when_open); nothing sent
 
 
 @dataclass(frozen=True, slots=True)
 class ExitOutcome:
+    """What ``ExitGuard.exit`` returns: how the exit ended, what it sold and how well.
+
+    ``fills`` are this exit's (including landings of earlier submissions it took over);
+    ``pending_tx_ids`` are what may still land (UNRESOLVED only: FAILED and CLOSED mean
+    nothing may). ``history`` is the state machine's audit trail.
+    """
+
     status: ExitStatus
     position: Position
     guard: str
@@ -36,6 +45,8 @@ class ExitOutcome:
     pending_tx_ids: tuple[str, ...]
     history: tuple[TransitionRecord, ...]
     deadline_exceeded: bool
+    #: What earlier exits of the same position id had already sold when this one started.
+    sold_before: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -43,7 +54,8 @@ class ExitOutcome:
 
     @property
     def remaining_size(self) -> float:
-        return max(0.0, self.position.size - self.filled_size)
+        """What is still held: the position less everything sold by this and earlier exits."""
+        return max(0.0, self.position.size - self.sold_before - self.filled_size)
 
     @property
     def realized_pnl(self) -> float | None:

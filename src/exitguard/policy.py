@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import random
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ._validate import at_least, fraction, number, positive, whole
 from .errors import EXIT_RETRYABLE, TRANSIENT, ConfigError, ErrorClass
 from .venue import ExitOrder, OrderMode, Position
 
@@ -20,41 +22,27 @@ __all__ = [
 ]
 
 
-def _number(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(owner, name, "must be a number", value)
-    if math.isnan(value):
-        raise ConfigError(owner, name, "must not be NaN", value)
-    return float(value)
-
-
-def _positive(owner: str, name: str, value: object, *, allow_inf: bool = False) -> float:
-    number = _number(owner, name, value)
-    if number <= 0:
-        raise ConfigError(owner, name, "must be > 0", value)
-    if math.isinf(number) and not allow_inf:
-        raise ConfigError(owner, name, "must be finite", value)
-    return number
-
-
-def _whole(owner: str, name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(owner, name, "must be an integer", value)
-    if value < minimum:
-        raise ConfigError(owner, name, f"must be >= {minimum}", value)
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often and how long to retry; times in seconds.
 
-    The constructor's defaults are the seed's exit policy (``exit_policy()``);
-    ``default()`` is the seed's general-purpose policy. ``total_timeout`` bounds the
+    Two presets, and the constructor's defaults are the first:
+
+    * ``RetryPolicy()`` == ``RetryPolicy.exit_policy()``: what ``ExitGuard`` uses unless
+      given another; retries every error class an exit can recover from.
+    * ``RetryPolicy.general()``: for any other call (``BoundedRetryExecutor``'s default);
+      more patient per attempt, and retries only transient errors (network, timeout).
+
+    ``total_timeout`` bounds the
     submission phase: no attempt starts after it, and none starts with less than
     ``min_attempt_time`` left. ``attempt_timeout`` bounds each attempt's wait for a
-    confirmation (always further cut to the time left). Attempts that fill part of a
-    position make progress and do not count against ``max_attempts``.
+    confirmation (always further cut to the time left, and to the submission budget
+    divided by ``max_attempts``, so one hung attempt cannot eat the whole budget). An order
+    that was sent and failed, or whose outcome stayed unknown, spends one of
+    ``max_attempts``; an order the venue proves it never sent (``OrderNotSent``) spends
+    none (such resends are bounded by the deadline and the backoff). Attempts that fill part
+    of a position make progress and do not count against ``max_attempts``; at most
+    ``max_partial_fills`` of them are made in one exit, with the backoff between them.
     """
 
     max_attempts: int = 2
@@ -66,30 +54,28 @@ class RetryPolicy:
     retryable: frozenset[ErrorClass] = field(default=EXIT_RETRYABLE)
     min_attempt_time: float = 0.25
     jitter: float = 0.0
+    max_partial_fills: int = 10
 
     def __post_init__(self) -> None:
         owner = "RetryPolicy"
-        _whole(owner, "max_attempts", self.max_attempts, 1)
-        _positive(owner, "initial_backoff", self.initial_backoff)
-        _positive(owner, "max_backoff", self.max_backoff)
+        whole(owner, "max_attempts", self.max_attempts, 1)
+        whole(owner, "max_partial_fills", self.max_partial_fills, 1)
+        positive(owner, "initial_backoff", self.initial_backoff)
+        positive(owner, "max_backoff", self.max_backoff)
         if self.max_backoff < self.initial_backoff:
             raise ConfigError(
                 owner, "max_backoff", f"must be >= initial_backoff ({self.initial_backoff})",
                 self.max_backoff,
             )
-        multiplier = _number(owner, "backoff_multiplier", self.backoff_multiplier)
-        if multiplier < 1 or math.isinf(multiplier):
-            raise ConfigError(owner, "backoff_multiplier", "must be finite and >= 1", multiplier)
-        _positive(owner, "total_timeout", self.total_timeout)
-        _positive(owner, "attempt_timeout", self.attempt_timeout)
-        minimum = _number(owner, "min_attempt_time", self.min_attempt_time)
+        at_least(owner, "backoff_multiplier", self.backoff_multiplier, 1)
+        positive(owner, "total_timeout", self.total_timeout)
+        positive(owner, "attempt_timeout", self.attempt_timeout)
+        minimum = number(owner, "min_attempt_time", self.min_attempt_time, finite=False)
         if minimum < 0 or minimum >= self.total_timeout:
             raise ConfigError(
                 owner, "min_attempt_time", "must be >= 0 and below total_timeout", minimum
             )
-        jitter = _number(owner, "jitter", self.jitter)
-        if not 0 <= jitter <= 1:
-            raise ConfigError(owner, "jitter", "must be between 0 and 1", jitter)
+        fraction(owner, "jitter", self.jitter)
         try:
             retryable = frozenset(self.retryable)
         except TypeError:
@@ -101,16 +87,25 @@ class RetryPolicy:
         object.__setattr__(self, "retryable", retryable)
 
     @classmethod
-    def default(cls) -> RetryPolicy:
-        """The seed's general policy: 3 attempts, 1 s doubling to 10 s, 30 s in all."""
+    def general(cls) -> RetryPolicy:
+        """For calls other than exits (``BoundedRetryExecutor``'s default): 3 attempts, 1 s
+        doubling to 10 s, 30 s in all, transient errors only. Not ``RetryPolicy()``."""
         return cls(
             max_attempts=3, initial_backoff=1.0, max_backoff=10.0, backoff_multiplier=2.0,
             total_timeout=30.0, attempt_timeout=10.0, retryable=TRANSIENT,
         )
 
     @classmethod
+    def default(cls) -> RetryPolicy:
+        """Deprecated name of :meth:`general` (it is not the default ``RetryPolicy()``)."""
+        warnings.warn("RetryPolicy.default() is now RetryPolicy.general(); RetryPolicy() is"
+                      " the exit policy", DeprecationWarning, stacklevel=2)
+        return cls.general()
+
+    @classmethod
     def exit_policy(cls) -> RetryPolicy:
-        """The seed's exit policy: 2 attempts, 500 ms x2.5 up to 5 s, 20 s in all."""
+        """ExitGuard's policy, the same as ``RetryPolicy()``: 2 attempts, 500 ms x2.5 up to
+        5 s, 20 s in all, every error class an exit can recover from."""
         return cls()
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
@@ -142,19 +137,19 @@ class EscalationStep:
         owner = "EscalationStep"
         if not isinstance(self.mode, OrderMode):
             raise ConfigError(owner, "mode", "must be an OrderMode", self.mode)
-        _whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
+        whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
         if self.max_slippage_bps >= 10_000:
             raise ConfigError(
                 owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps
             )
         if self.priority_fee is not None:
-            _whole(owner, "priority_fee", self.priority_fee, 0)
-        _whole(owner, "attempts", self.attempts, 1)
+            whole(owner, "priority_fee", self.priority_fee, 0)
+        whole(owner, "attempts", self.attempts, 1)
 
 
 @dataclass(frozen=True, slots=True)
 class EscalationLadder:
-    """Limit first, then market with wider slippage: the seed's fallback, generalised.
+    """Limit first, then market with wider slippage: the original design's fallback, generalised.
 
     Each resubmission at the same step multiplies the priority fee by ``fee_multiplier``
     (an expired transaction wants a higher fee), capped at ``max_priority_fee``; slippage is
@@ -179,12 +174,10 @@ class EscalationLadder:
         if not all(isinstance(s, EscalationStep) for s in steps):
             raise ConfigError(owner, "steps", "must hold EscalationStep values", self.steps)
         object.__setattr__(self, "steps", steps)
-        multiplier = _number(owner, "fee_multiplier", self.fee_multiplier)
-        if multiplier < 1 or math.isinf(multiplier):
-            raise ConfigError(owner, "fee_multiplier", "must be finite and >= 1", multiplier)
+        at_least(owner, "fee_multiplier", self.fee_multiplier, 1)
         if self.max_priority_fee is not None:
-            _whole(owner, "max_priority_fee", self.max_priority_fee, 0)
-        _whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
+            whole(owner, "max_priority_fee", self.max_priority_fee, 0)
+        whole(owner, "max_slippage_bps", self.max_slippage_bps, 0)
         if self.max_slippage_bps >= 10_000:
             raise ConfigError(
                 owner, "max_slippage_bps", "must be below 10000", self.max_slippage_bps
@@ -192,7 +185,8 @@ class EscalationLadder:
 
     @classmethod
     def default(cls) -> EscalationLadder:
-        """Limit at 100 bps, then market at 500 bps after one failure (the seed's values)."""
+        """Limit at 100 bps, then market at 500 bps after one failure (the original design's
+        values)."""
         return cls(
             steps=(
                 EscalationStep(OrderMode.LIMIT, 100, priority_fee=10_000, attempts=1),
@@ -253,7 +247,8 @@ class EscalationLadder:
 
 
 class AdaptiveExitExecutor:
-    """The seed's adaptive exit: picks the ladder step from the count of failed attempts."""
+    """The original design's adaptive exit (exitguard.compat): picks the ladder step from the
+    count of failed attempts."""
 
     __slots__ = ("ladder",)
 

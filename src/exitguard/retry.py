@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -16,9 +15,10 @@ from .errors import (
     default_classifier,
 )
 from .policy import RetryPolicy
+from .redaction import get_logger
 
 _T = TypeVar("_T")
-_log = logging.getLogger("exitguard.retry")
+_log = get_logger("exitguard.retry")
 
 RetryCallback = Callable[[int, ErrorClass, BaseException, float], None]
 
@@ -41,7 +41,7 @@ class BoundedRetryExecutor:
         classify: Classifier = default_classifier,
         on_retry: RetryCallback | None = None,
     ) -> None:
-        self.policy = policy or RetryPolicy.default()
+        self.policy = policy or RetryPolicy.general()
         self.classify = classify
         self.on_retry = on_retry
 

@@ -42,20 +42,25 @@ _SEND_FROM = {S.EXIT_SIGNAL_RECEIVED, S.SUBMISSION_FAILED, S.PARTIALLY_FILLED, S
 ALLOWED: dict[ExitState, frozenset[ExitState]] = {
     S.POSITION_OPEN: frozenset({S.EXIT_SIGNAL_RECEIVED}),
     # RECONCILING first when the exit takes over an earlier exit's submissions.
+    # POSITION_CLOSED at once when earlier exits of the position already sold all of it.
     S.EXIT_SIGNAL_RECEIVED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED, S.ESCALATED,
-                                       S.EXIT_REFUSED, S.RECONCILING}),
+                                       S.EXIT_REFUSED, S.RECONCILING, S.POSITION_CLOSED}),
     S.SUBMITTED: frozenset({S.POSITION_CLOSED, S.PARTIALLY_FILLED, S.CONFIRMATION_TIMEOUT,
                             S.SUBMISSION_FAILED, S.EXIT_UNRESOLVED}),
     S.CONFIRMATION_TIMEOUT: frozenset({S.RECONCILING, S.EXIT_UNRESOLVED}),
     S.RECONCILING: frozenset({S.POSITION_CLOSED, S.PARTIALLY_FILLED, S.SUBMISSION_FAILED,
                               S.EXIT_UNRESOLVED}),
-    S.PARTIALLY_FILLED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED, S.ESCALATED}),
-    S.SUBMISSION_FAILED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED, S.ESCALATED}),
+    S.PARTIALLY_FILLED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED, S.ESCALATED,
+                                   S.RECONCILING}),
+    S.SUBMISSION_FAILED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED, S.ESCALATED,
+                                    S.RECONCILING}),
     S.ESCALATED: frozenset({S.SUBMITTED, S.SUBMISSION_FAILED}),
 }
 for _state in list(ALLOWED):
     if _state is not S.POSITION_OPEN:
-        ALLOWED[_state] = ALLOWED[_state] | {S.EXIT_FAILED}
+        # Giving up is allowed from anywhere; so is ending unresolved, since a submission
+        # taken over from an earlier exit may still land whatever this exit did.
+        ALLOWED[_state] = ALLOWED[_state] | {S.EXIT_FAILED, S.EXIT_UNRESOLVED}
 ALLOWED[S.POSITION_OPEN] = ALLOWED[S.POSITION_OPEN] | {S.EXIT_FAILED}
 for _terminal in TERMINAL_STATES:
     ALLOWED[_terminal] = frozenset()

@@ -4,34 +4,44 @@
 whose every submission follows a ``TxPlan`` (send failure, slow or hanging confirmation,
 late landing, expiry, partial fill) and which keeps the ground truth, so a test can assert
 what was really sold and that nothing was sent while an earlier order could still land.
-``RecordingHooks`` captures every hook event in order.
+``RecordingHooks`` captures every hook event in order. ``FaultyVenue`` is a ScriptedVenue whose
+answers can be replaced by an exception or garbage, to check what your code does when a venue
+misbehaves in ways no plan describes. ``FakeClock`` is a clock you move by hand, for the parts
+that take a ``clock=`` (CircuitBreaker, ExitDeadline, ExitAttemptTracker, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .breaker import BreakerState
-from .errors import ErrorClass, TxExpired
-from .halt import HaltRecord
-from .hooks import AttemptInfo, AttemptReport, ExitInfo, NoopHooks
-from .outcome import ExitOutcome
-from .state_machine import TransitionRecord
+from .errors import InsufficientBalance, InvalidAccount, SlippageExceeded, TxExpired
+from .events import Event, ExitEvent, HookEvent, event_name
 from .venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
 from .vtime import VirtualTimeLoop, run_virtual
 
 __all__ = [
+    "FakeClock",
+    "FaultyVenue",
     "RecordingHooks",
     "ScriptedVenue",
     "SentTx",
     "TxPlan",
     "VirtualTimeLoop",
     "run_virtual",
+    "unchecked_fill",
 ]
+
+
+#: What a consistent venue's look-up says of a transaction whose confirm raised one of these.
+_DID_NOT_LAND_STATUS: dict[type[BaseException], TxStatus] = {
+    TxExpired: TxStatus.EXPIRED, SlippageExceeded: TxStatus.FAILED,
+    InsufficientBalance: TxStatus.FAILED, InvalidAccount: TxStatus.FAILED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,21 @@ class TxPlan:
     fill_fraction: float = 1.0
     price: float | None = None
     lookup_error: BaseException | None = None
+    #: ``send_error`` is raised *after* the order went out (an RPC that broadcast and then
+    #: timed out, an exchange that accepted and dropped the connection).
+    sent_anyway: bool = False
+
+
+def unchecked_fill(tx_id: str, size: float, price: float) -> Fill:
+    """A Fill built without its own validation: a plan may script a lying venue (NaN
+    price, zero size) to test that the guard does not believe it."""
+    try:
+        return Fill(tx_id, size, price)
+    except ValueError:
+        fill = object.__new__(Fill)
+        for name, value in (("tx_id", tx_id), ("size", size), ("price", price)):
+            object.__setattr__(fill, name, value)
+        return fill
 
 
 @dataclass(slots=True)
@@ -131,7 +156,7 @@ class ScriptedVenue:
             tx.tx_id for tx in self.sent
             if tx.order.position.id == order.position.id and tx.live_at(now)
         ]
-        if plan.send_error is not None:
+        if plan.send_error is not None and not plan.sent_anyway:
             raise plan.send_error
         if live:
             self.violations.append(
@@ -139,16 +164,31 @@ class ScriptedVenue:
             )
         tx = SentTx(f"tx{next(self._ids)}", order, plan, now)
         self.sent.append(tx)
+        if plan.send_error is not None:
+            raise plan.send_error
         return Submission(tx.tx_id, order, tx.expires_at)
 
-    def _tx(self, submission: Submission) -> SentTx:
-        return next(tx for tx in self.sent if tx.tx_id == submission.tx_id)
+    def _find(self, submission: Submission) -> SentTx | None:
+        """By the venue's id, or (for an order whose submit did not answer) by the client
+        order id the guard gave it."""
+        for tx in self.sent:
+            if tx.tx_id == submission.tx_id or (
+                submission.tx_id == tx.order.client_order_id
+            ):
+                return tx
+        return None
 
-    def _fill(self, tx: SentTx) -> Fill:
+    def _tx(self, submission: Submission) -> SentTx:
+        tx = self._find(submission)
+        if tx is None:
+            raise LookupError(f"no order {submission.tx_id!r}")
+        return tx
+
+    def _fill(self, tx: SentTx, named: str | None = None) -> Fill:
         lands_at = tx.lands_at
         assert lands_at is not None
         price = tx.plan.price if tx.plan.price is not None else self.market_price(lands_at)
-        return Fill(tx.tx_id, tx.order.size * tx.plan.fill_fraction, price)
+        return unchecked_fill(named or tx.tx_id, tx.order.size * tx.plan.fill_fraction, price)
 
     async def confirm(self, submission: Submission) -> Fill:
         """Answers at ``confirm_after`` with the planned error, else when the transaction
@@ -167,12 +207,18 @@ class ScriptedVenue:
         raise TxExpired(f"{tx.tx_id} expired")
 
     async def lookup(self, submission: Submission) -> Lookup:
-        tx = self._tx(submission)
+        tx = self._find(submission)
+        if tx is None:  # this venue knows every order it accepted: it never got this one
+            return Lookup(TxStatus.EXPIRED)
         if tx.plan.lookup_error is not None:
             raise tx.plan.lookup_error
         now = self._now()
         if tx.landed_by(now):
-            return Lookup(TxStatus.LANDED, self._fill(tx))
+            return Lookup(TxStatus.LANDED, self._fill(tx, submission.tx_id))
+        error = tx.plan.confirm_error
+        failed = None if error is None else _DID_NOT_LAND_STATUS.get(type(error))
+        if failed is not None and tx.lands_at is None and now >= tx.sent_at + tx.plan.confirm_after:
+            return Lookup(failed)  # what confirm said (it expired, or it failed on chain)
         if now >= tx.expires_at:
             return Lookup(TxStatus.EXPIRED)
         return Lookup(TxStatus.PENDING)
@@ -196,58 +242,106 @@ class ScriptedVenue:
         return [tx for tx in self.sent if tx.order.position.id == position_id]
 
 
+def event_payload(event: object) -> Any:
+    """What ``RecordingHooks`` keeps of an event: the core's records as they are; of an
+    ``Event``, its fields but the guard and the exit (one field: itself; several: a tuple)."""
+    if not isinstance(event, Event):
+        return event
+    values = tuple(getattr(event, f.name) for f in dataclasses.fields(event)  # type: ignore[arg-type]
+                   if f.name not in ("exit", "guard"))
+    return values[0] if len(values) == 1 else values
+
+
 @dataclass
-class RecordingHooks(NoopHooks):
-    """Records every hook event as (event name, payload) tuples, in order."""
+class RecordingHooks:
+    """A hook recording every event, in order, as (``events.event_name``, payload) pairs:
+    ``("exit_started", ExitInfo)``, ``("late_fill", Fill)``, ``("retry", (error_class,
+    next_attempt))``, ``("exit_finished", ExitOutcome)``, ... (see ``event_payload``)."""
 
     events: list[tuple[str, Any]] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.events]
 
-    def exit_started(self, exit: ExitInfo) -> _RecordingObserver:
-        self.events.append(("exit_started", exit))
-        return _RecordingObserver(self.events)
+    def record(self, event: ExitEvent | HookEvent) -> None:
+        self.events.append((event_name(type(event)), event_payload(event)))
 
-    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
-        self.events.append(("pending_resolved", (tx_id, status)))
+    def __call__(self, event: HookEvent) -> Callable[[ExitEvent], None]:
+        self.record(event)
+        return self.record  # also each exit's observer
 
-    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
-        self.events.append(("late_fill", fill))
+    def payloads(self, name: str) -> list[Any]:
+        """The payloads of the ``name`` events (e.g. ``"late_fill"``), in order."""
+        return [payload for event, payload in self.events if event == name]
 
-    def breaker_transition(
-        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
+
+class FakeClock:
+    """A clock that stands still until told to move: pass it as ``clock=`` and call
+    :meth:`advance` (or set :attr:`now`) to make time pass, without sleeping or an event loop."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.now += seconds
+
+
+class FaultyVenue(ScriptedVenue):
+    """A ScriptedVenue whose answers can be replaced, for faults a ``TxPlan`` cannot describe.
+
+    ``raises[method]`` (``"price"``, ``"submit"``, ``"confirm"`` or ``"lookup"``) is raised
+    instead of calling the method, once ``raise_after`` calls to that method went through;
+    ``garbage[method]`` turns the truthful answer into whatever it returns. The ground truth
+    (``sent``, ``sold_eventually``, ``violations``) stays that of the ScriptedVenue underneath:
+    a submission whose answer was spoiled was still sent. ``calls`` counts the calls per method.
+    """
+
+    def __init__(
+        self,
+        plans: Sequence[TxPlan] | Callable[[int], TxPlan] = (),
+        *,
+        raises: dict[str, BaseException] | None = None,
+        garbage: dict[str, Callable[[Any], Any]] | None = None,
+        raise_after: int = 0,
+        **options: Any,
     ) -> None:
-        self.events.append(("breaker_transition", (breaker, old, new)))
+        super().__init__(plans, **options)
+        self.raises = raises or {}
+        self.garbage = garbage or {}
+        self.raise_after = raise_after
+        self.calls: dict[str, int] = {}
 
-    def halted(self, guard: str, record: HaltRecord) -> None:
-        self.events.append(("halted", record))
+    def _fault(self, method: str) -> None:
+        count = self.calls.get(method, 0)
+        self.calls[method] = count + 1
+        error = self.raises.get(method)
+        if error is not None and count >= self.raise_after:
+            raise error
 
-    def resumed(self, guard: str, record: HaltRecord) -> None:
-        self.events.append(("resumed", record))
+    def _spoil(self, method: str, answer: Any) -> Any:
+        spoil = self.garbage.get(method)
+        return spoil(answer) if spoil is not None else answer
 
+    async def price(self, position: Position) -> float:
+        self._fault("price")
+        answer: float = self._spoil("price", await super().price(position))
+        return answer
 
-@dataclass
-class _RecordingObserver:
-    events: list[tuple[str, Any]]
+    async def submit(self, order: ExitOrder) -> Submission:
+        self._fault("submit")
+        answer: Submission = self._spoil("submit", await super().submit(order))
+        return answer
 
-    def attempt_started(self, attempt: AttemptInfo) -> None:
-        self.events.append(("attempt_started", attempt))
+    async def confirm(self, submission: Submission) -> Fill:
+        self._fault("confirm")
+        answer: Fill = self._spoil("confirm", await super().confirm(submission))
+        return answer
 
-    def attempt_finished(self, report: AttemptReport) -> None:
-        self.events.append(("attempt_finished", report))
-
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        self.events.append(("retry", (error_class, next_attempt)))
-
-    def backoff(self, delay_s: float) -> None:
-        self.events.append(("backoff", delay_s))
-
-    def transition(self, record: TransitionRecord) -> None:
-        self.events.append(("transition", record))
-
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        self.events.append(("reconciled", (tx_id, status)))
-
-    def exit_finished(self, outcome: ExitOutcome) -> None:
-        self.events.append(("exit_finished", outcome))
+    async def lookup(self, submission: Submission) -> Lookup:
+        self._fault("lookup")
+        answer: Lookup = self._spoil("lookup", await super().lookup(submission))
+        return answer

@@ -1,6 +1,8 @@
-"""The seed's exit attempt tracker: Idle -> First -> Second -> ... -> EmergencyHalt.
+"""The original design's exit attempt tracker (exitguard.compat).
 
-Generalised to ``max_attempts`` (the seed hard-codes two) and bounded in time: an attempt
+Idle -> First -> Second -> ... -> EmergencyHalt.
+
+Generalised to ``max_attempts`` (the design hard-codes two) and bounded in time: an attempt
 more than ``emergency_threshold`` seconds after the first halts instead of proceeding.
 """
 
@@ -8,8 +10,9 @@ from __future__ import annotations
 
 import enum
 
+from ._validate import positive, whole
 from .clock import Clock, loop_time
-from .errors import ConfigError, EmergencyHaltError
+from .errors import EmergencyHaltError
 
 
 class TrackerState(enum.StrEnum):
@@ -28,18 +31,11 @@ class ExitAttemptTracker:
         self, max_attempts: int = 2, *, emergency_threshold: float = 30.0, clock: Clock = loop_time
     ) -> None:
         owner = "ExitAttemptTracker"
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError(owner, "max_attempts", "must be an integer >= 1", max_attempts)
-        if (
-            isinstance(emergency_threshold, bool)
-            or not isinstance(emergency_threshold, int | float)
-            or not emergency_threshold > 0  # also refuses NaN; inf means "no time bound"
-        ):
-            raise ConfigError(
-                owner, "emergency_threshold", "must be a number > 0", emergency_threshold
-            )
-        self.max_attempts = max_attempts
-        self.emergency_threshold = float(emergency_threshold)
+        self.max_attempts = whole(owner, "max_attempts", max_attempts, 1)
+        # inf means "no time bound"
+        self.emergency_threshold = positive(
+            owner, "emergency_threshold", emergency_threshold, allow_inf=True
+        )
         self._clock = clock
         self.state = TrackerState.IDLE
         self.attempts = 0

@@ -13,11 +13,15 @@ Side = Literal["long", "short"]
 
 
 class OrderMode(enum.StrEnum):
+    """How an order is priced: a limit at the slippage bound, or market within it."""
+
     LIMIT = "limit"
     MARKET = "market"
 
 
 class TxStatus(enum.StrEnum):
+    """What a look-up says of a sent transaction: whether it can still land."""
+
     LANDED = "landed"  # it filled (fully or partly): the Lookup carries the fill
     PENDING = "pending"  # it may still land
     EXPIRED = "expired"  # it can no longer land
@@ -145,6 +149,8 @@ class Fill:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
+    """A look-up's answer: the status, and the fill when it landed."""
+
     status: TxStatus
     fill: Fill | None = field(default=None)
 

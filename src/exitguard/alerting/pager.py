@@ -41,9 +41,10 @@ import apprise
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
-from exitguard.hooks import ExitInfo, NoopHooks
-
-from .rules import RUNBOOK_BASE_URL
+from exitguard._validate import non_negative, positive
+from exitguard.events import BreakerTransition, ExitInfo, Halted, HookEvent
+from exitguard.redaction import RedactingFilter, get_logger, redact
+from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
 if TYPE_CHECKING:
     from exitguard.breaker import BreakerState
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_MIN_INTERVAL",
+    "ENV_RUNBOOK_BASE_URL",
     "ENV_TIMEOUT",
     "ENV_URLS",
     "ENV_URLS_FILE",
@@ -60,12 +62,13 @@ __all__ = [
     "parse_urls",
 ]
 
-_log = logging.getLogger("exitguard.alerting")
+_log = get_logger("exitguard.alerting")
 
 ENV_URLS = "EXITGUARD_PAGER_URLS"
 ENV_URLS_FILE = "EXITGUARD_PAGER_URLS_FILE"
 ENV_MIN_INTERVAL = "EXITGUARD_PAGER_MIN_INTERVAL"
 ENV_TIMEOUT = "EXITGUARD_PAGER_TIMEOUT"
+ENV_RUNBOOK_BASE_URL = "EXITGUARD_RUNBOOK_BASE_URL"
 
 DEFAULT_MIN_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 10.0
@@ -85,10 +88,13 @@ class PageResult(enum.StrEnum):
     SUPPRESSED = "suppressed"
 
 
-_RUNBOOKS = {
-    PageKind.BREAKER_OPEN: f"{RUNBOOK_BASE_URL}#exitguardcircuitbreakertripped",
-    PageKind.HALTED: f"{RUNBOOK_BASE_URL}#exitguardtradinghalted",
+#: The alert whose runbook section each page links to (the same section as the alert rule's).
+_RUNBOOK_ALERTS = {
+    PageKind.BREAKER_OPEN: "ExitguardCircuitBreakerTripped",
+    PageKind.HALTED: "ExitguardTradingHalted",
 }
+#: The links with the default runbooks page.
+_RUNBOOKS = {kind: runbook_url(alert) for kind, alert in _RUNBOOK_ALERTS.items()}
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -126,8 +132,9 @@ def _secret_fragments(url: str) -> set[str]:
     return found
 
 
-class _Redactor(logging.Filter):
-    """Replaces known secrets in log records (message, arguments and traceback) with ``***``."""
+class _Redactor(RedactingFilter):
+    """The core's redacting filter, plus the pager's known secrets (every fragment of each
+    webhook URL, which has no recognisable shape: ``discord://<id>/<token>``) replaced first."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,32 +147,11 @@ class _Redactor(logging.Filter):
             # Longest first, so a URL is replaced whole before its pieces.
             self._secrets = tuple(sorted(merged, key=len, reverse=True))
 
-    def redact(self, text: str) -> str:
+    def clean(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is not ours to fix
-            return True
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-            clean = self.redact(text)
-            if clean != text:
-                record.exc_info, record.exc_text = None, clean
-        elif record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
+        return super().clean(text)
 
 
 _REDACTOR = _Redactor()
@@ -220,9 +206,12 @@ def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {raw!r}")
-    return value
+    return positive("environment", name, value)
+
+
+def _env_runbook_base_url(environ: Mapping[str, str]) -> str:
+    raw = environ.get(ENV_RUNBOOK_BASE_URL, "").strip()
+    return check_base_url(raw, field=ENV_RUNBOOK_BASE_URL) if raw else RUNBOOK_BASE_URL
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -257,7 +246,9 @@ class _Event:
     headline: str
     details: tuple[tuple[str, str], ...]
 
-    def page(self, suppressed: int, *, digest: bool = False) -> tuple[str, str]:
+    def page(
+        self, suppressed: int, *, digest: bool = False, runbook_base_url: str = RUNBOOK_BASE_URL
+    ) -> tuple[str, str]:
         """(title, body) of the page for this event plus ``suppressed`` similar ones."""
         lines = [f"Still happening: {self.headline}" if digest else self.headline, ""]
         lines += [f"{key}: {value}" for key, value in self.details]
@@ -266,7 +257,7 @@ class _Event:
                 f"suppressed: {suppressed} more {self.kind} event(s) for guard {self.guard}"
                 " since the last page (rate limit)"
             )
-        lines.append(f"runbook: {_RUNBOOKS[self.kind]}")
+        lines.append(f"runbook: {runbook_url(_RUNBOOK_ALERTS[self.kind], runbook_base_url)}")
         return self.title, "\n".join(lines)
 
 
@@ -335,13 +326,14 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class Pager(NoopHooks):
-    """Hooks that page on a breaker trip and on a halt, through apprise.
+class Pager:
+    """A hook that pages on a breaker trip and on a halt, through apprise.
 
     ``urls`` are apprise URLs (``slack://...``, ``discord://...``, ``json://...``); with none,
     the pager does nothing. ``min_interval`` is the rate limit per (guard, kind) in seconds;
     ``timeout`` bounds each delivery to each channel. ``registry`` receives
-    ``exitguard_alerts_sent_total`` (``None``: no metric).
+    ``exitguard_alerts_sent_total`` (``None``: no metric). Each page links to its section of
+    the runbooks page at ``runbook_base_url`` (the same base as the alert rules').
     """
 
     def __init__(
@@ -351,15 +343,13 @@ class Pager(NoopHooks):
         min_interval: float = DEFAULT_MIN_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
         registry: CollectorRegistry | None = REGISTRY,
+        runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
         if isinstance(urls, str):
             raise TypeError("urls must be a sequence of URLs, not one string (see parse_urls)")
-        if not min_interval >= 0:
-            raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        self.min_interval = float(min_interval)
-        self.timeout = float(timeout)
+        self.min_interval = non_negative("Pager", "min_interval", min_interval)
+        self.timeout = positive("Pager", "timeout", timeout)
+        self.runbook_base_url = check_base_url(runbook_base_url)
         _protect(urls)
         self._channels = tuple(self._channel(n, url) for n, url in enumerate(urls, 1))
         self._counter = _alerts_counter(registry) if registry is not None else None
@@ -409,7 +399,9 @@ class Pager(NoopHooks):
         """A pager configured by ``EXITGUARD_PAGER_URLS`` and/or ``EXITGUARD_PAGER_URLS_FILE``.
 
         ``EXITGUARD_PAGER_MIN_INTERVAL`` and ``EXITGUARD_PAGER_TIMEOUT`` (seconds) override the
-        defaults. With no URL at all the pager is disabled (and says so once, in the log).
+        defaults; ``EXITGUARD_RUNBOOK_BASE_URL`` is where the runbooks are published (the
+        ``--runbook-base-url`` the alert rules were built with). With no URL at all the pager
+        is disabled (and says so once, in the log).
         """
         env = os.environ if environ is None else environ
         urls = parse_urls(env.get(ENV_URLS, ""))
@@ -427,6 +419,7 @@ class Pager(NoopHooks):
             min_interval=_env_float(env, ENV_MIN_INTERVAL, DEFAULT_MIN_INTERVAL),
             timeout=_env_float(env, ENV_TIMEOUT, DEFAULT_TIMEOUT),
             registry=registry,
+            runbook_base_url=_env_runbook_base_url(env),
         )
         if not urls:
             _log.info("exitguard pager disabled: neither %s nor %s is set", ENV_URLS, ENV_URLS_FILE)
@@ -447,7 +440,15 @@ class Pager(NoopHooks):
             f" timeout={self.timeout}, closed={self._closed})"
         )
 
-    # --- hooks (called by the core; must return at once and never raise) ---------------------
+    # --- the hook (called by the core; must return at once and never raise) -----------------
+
+    def __call__(self, event: HookEvent) -> None:
+        if isinstance(event, ExitInfo):
+            self.exit_started(event)
+        elif isinstance(event, BreakerTransition):
+            self.breaker_transition(event.guard, event.breaker, event.old, event.new)
+        elif isinstance(event, Halted):
+            self.halted(event.guard, event.record)
 
     def exit_started(self, exit: ExitInfo) -> None:
         """On a guard's first exit, start its page counters at 0 for every channel and result,
@@ -475,8 +476,8 @@ class Pager(NoopHooks):
                 ),
                 headline=(
                     f"Circuit breaker {breaker!r} of guard {guard!r} opened ({old_name} →"
-                    f" {new_name}): exits through it are refused and new entries are halted"
-                    " until it closes."
+                    f" {new_name}): new entries are halted; exits still go (to a fallback"
+                    " venue, or through it as its probe)."
                 ),
                 details=(
                     ("guard", guard),
@@ -491,20 +492,21 @@ class Pager(NoopHooks):
     def halted(self, guard: str, record: HaltRecord) -> None:
         if not self.enabled:
             return
+        reason = redact(record.reason)  # may quote a venue's error text
         self._event(
             _Event(
                 guard=guard,
                 kind=PageKind.HALTED,
                 title=f"exitguard CRITICAL: trading halted (guard {guard})",
                 headline=(
-                    f"Guard {guard!r} halted new entries: {record.reason}. Exits still run;"
+                    f"Guard {guard!r} halted new entries: {reason}. Exits still run;"
                     " resume with `exitguard halt resume --approver NAME --reason ...`."
                 ),
                 details=(
                     ("guard", guard),
                     ("event", PageKind.HALTED.value),
-                    ("reason", record.reason),
-                    ("actor", record.actor),
+                    ("reason", reason),
+                    ("actor", redact(record.actor)),
                     ("at", _iso(record.at)),
                 ),
             )
@@ -582,7 +584,8 @@ class Pager(NoopHooks):
             self._inflight.discard(future)
 
     async def _deliver(self, event: _Event, suppressed: int, digest: bool) -> None:
-        title, body = event.page(suppressed, digest=digest)
+        title, body = event.page(suppressed, digest=digest,
+                                 runbook_base_url=self.runbook_base_url)
         results = await asyncio.gather(
             *(self._send(channel, event, title, body) for channel in self._channels)
         )

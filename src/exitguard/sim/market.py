@@ -14,6 +14,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._validate import non_negative, number, positive
+
 __all__ = ["MarketPath", "MarketSpec", "Regime"]
 
 
@@ -31,14 +33,12 @@ class Regime:
     volatility: float
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.start) and math.isfinite(self.end)):
-            raise ValueError("Regime.start and Regime.end must be finite")
+        number("Regime", "start", self.start)
+        number("Regime", "end", self.end)
         if self.end <= self.start:
             raise ValueError(f"Regime.end ({self.end}) must be after start ({self.start})")
-        if not math.isfinite(self.drift):
-            raise ValueError("Regime.drift must be finite")
-        if not (math.isfinite(self.volatility) and self.volatility >= 0):
-            raise ValueError("Regime.volatility must be a finite number >= 0")
+        number("Regime", "drift", self.drift)
+        non_negative("Regime", "volatility", self.volatility)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +52,11 @@ class MarketSpec:
     step: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.start_price) and self.start_price > 0):
-            raise ValueError(f"MarketSpec.start_price must be > 0, got {self.start_price!r}")
-        if not math.isfinite(self.drift):
-            raise ValueError("MarketSpec.drift must be finite")
-        if not (math.isfinite(self.volatility) and self.volatility >= 0):
-            raise ValueError("MarketSpec.volatility must be a finite number >= 0")
-        if not (math.isfinite(self.step) and self.step > 0):
-            raise ValueError("MarketSpec.step must be a finite number > 0")
+        owner = "MarketSpec"
+        positive(owner, "start_price", self.start_price)
+        number(owner, "drift", self.drift)
+        non_negative(owner, "volatility", self.volatility)
+        positive(owner, "step", self.step)
         object.__setattr__(self, "regimes", tuple(self.regimes))
 
     def regime_at(self, t: float) -> tuple[float, float]:
@@ -82,8 +79,7 @@ class MarketPath:
     __slots__ = ("_prices", "_vols", "horizon", "spec")
 
     def __init__(self, spec: MarketSpec, horizon: float, rng: random.Random) -> None:
-        if not (math.isfinite(horizon) and horizon > 0):
-            raise ValueError(f"horizon must be a finite number > 0, got {horizon!r}")
+        positive("MarketPath", "horizon", horizon)
         self.spec = spec
         self.horizon = float(horizon)
         steps = max(1, math.ceil(horizon / spec.step))
@@ -106,8 +102,10 @@ class MarketPath:
     @classmethod
     def from_prices(cls, prices: Sequence[float], step: float = 1.0) -> MarketPath:
         """A fixed path (tests): ``prices[i]`` is the price at ``i * step`` seconds."""
-        if len(prices) < 2 or any(not (math.isfinite(p) and p > 0) for p in prices):
+        if len(prices) < 2:
             raise ValueError("from_prices needs at least two finite prices > 0")
+        for price in prices:
+            positive("MarketPath.from_prices", "prices", price)
         spec = MarketSpec(prices[0], volatility=0.0, step=step)
         path = cls.__new__(cls)
         path.spec = spec

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass, field
 
+from ..redaction import get_logger
 from ..venue import ExitOrder, Fill, OrderMode, Position, Venue
 
 __all__ = ["NaiveConfig", "NaiveResult", "naive_exit"]
 
-_log = logging.getLogger("exitguard.sim.naive")
+_log = get_logger("exitguard.sim.naive")
 
 _DUST = 1e-9
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validate import whole
 from ..breaker import CircuitBreaker
 from ..guard import ExitGuard
 from ..halt import TradingHalt
@@ -174,31 +175,25 @@ async def guarded_exit(
 ) -> BotResult:
     """A bot's exit through the guard, signalled again after each failure until ``until``.
 
-    Only the remainder the bot knows is unsold is ever re-exited; an UNRESOLVED exit is
-    waited for (the guard reconciles it in the background) before anything else is sent.
+    Every signal exits the same position: the guard keeps what earlier exits of it sold (late
+    landings included) and sends only the rest. An UNRESOLVED exit is waited for (the guard
+    reconciles it in the background) before the bot signals again.
     """
     loop = asyncio.get_running_loop()
     result = BotResult(closed=False, exits=0, attempts=0)
-    remaining = position.size
     try:
         while loop.time() < until:
-            part = dataclasses.replace(position, size=remaining)
-            late_before = len(guard.late_fills)
-            outcome = await guard.exit(part, signal_price=signal_price, reason=reason)
+            outcome = await guard.exit(position, signal_price=signal_price, reason=reason)
             result.exits += 1
             result.attempts += outcome.attempts
             result.statuses.append(outcome.status)
-            got = outcome.filled_size
             if outcome.status is ExitStatus.UNRESOLVED:
                 await guard.drain(timeout=max(0.0, until - loop.time()))
-                got += sum(fill.size for _, fill in list(guard.late_fills)[late_before:])
-            remaining -= got
-            if remaining <= _DUST * position.size:
+            if guard.sold(position.id) >= position.size * (1 - _DUST):
                 result.closed = True
                 result.known_at = loop.time()
                 break
-            if outcome.status is not ExitStatus.CLOSED:
-                await asyncio.sleep(retry_after)
+            await asyncio.sleep(retry_after)
     finally:
         await guard.aclose()
     return result
@@ -433,8 +428,7 @@ def run_monte_carlo(
     All runs share one virtual-time loop, one after another, so nothing one run does can
     change another's timing: the same seed gives the same results.
     """
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
+    whole("run_monte_carlo", "runs", runs, 1)
     chosen = tuple(variants)
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:

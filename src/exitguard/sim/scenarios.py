@@ -8,11 +8,11 @@ triggered (entry 100, stop at -5 % means the exit is signalled at 95).
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._validate import positive
 from .market import MarketSpec, Regime
 from .venue import Conditions, VenueSpec, Window
 
@@ -50,10 +50,8 @@ class Scenario:
     def __post_init__(self) -> None:
         if not (0 < self.stop_loss_pct < 100):
             raise ValueError(f"stop_loss_pct must be in (0, 100), got {self.stop_loss_pct!r}")
-        if not (math.isfinite(self.size) and self.size > 0):
-            raise ValueError(f"size must be > 0, got {self.size!r}")
-        if not (math.isfinite(self.horizon) and self.horizon > 0):
-            raise ValueError(f"horizon must be > 0, got {self.horizon!r}")
+        positive("Scenario", "size", self.size)
+        positive("Scenario", "horizon", self.horizon)
 
     @property
     def signal_price(self) -> float:

@@ -13,8 +13,8 @@ the venues' conditions:
   unresolved exits and, once the phase ends, late fills;
 - ``outage``: the primary route fails every order (a permanent error) and the backup is
   flaky: failed exits trip the breaker, which halts entries and routes to the backup; when
-  both are open, exits are refused. A simulated operator ("demo-operator") resumes trading
-  a while after each halt.
+  both are open, exits still go to the primary as its breaker's probe (never refused). A
+  simulated operator ("demo-operator") resumes trading a while after each halt.
 
 So every metric of the catalogue moves within a couple of minutes (the pages counter
 only with a pager configured: ``EXITGUARD_PAGER_URLS`` or ``EXITGUARD_PAGER_URLS_FILE``).
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import logging
 import os
 import random
 import signal
@@ -43,6 +41,14 @@ from ..errors import HaltResumeError, TradingHalted
 from ..guard import ExitGuard
 from ..halt import FileHaltStore, TradingHalt
 from ..hooks import Hooks
+from ..redaction import get_logger
+from ..telemetry import (
+    configure_logging,
+    configure_tracing,
+    instrument,
+    serve_metrics,
+    shutdown_tracing,
+)
 from ..venue import Position
 from .market import MarketSpec, Regime
 from .run import build_guard
@@ -59,7 +65,7 @@ __all__ = [
     "serve",
 ]
 
-_log = logging.getLogger("exitguard.sim.serve")
+_log = get_logger("exitguard.sim.serve")
 
 #: Open positions the demo bot keeps (entries stop while halted; exits go on).
 _INVENTORY = 40
@@ -68,7 +74,7 @@ OPERATOR = "demo-operator"
 
 
 class ServeError(Exception):
-    """``--serve`` cannot start (telemetry missing, port in use, bad endpoint)."""
+    """``--serve`` cannot start (port in use, bad endpoint, a pager that cannot load)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,17 +290,6 @@ def _repeat(phases: list[Phase]) -> Iterator[Phase]:
         yield from phases
 
 
-def _telemetry() -> Any:
-    try:
-        telemetry = importlib.import_module("exitguard.telemetry")
-    except ImportError as exc:
-        raise ServeError(
-            f"--serve needs exitguard.telemetry and its dependencies ({exc}); "
-            "install exitguard with its default dependencies"
-        ) from None
-    return telemetry
-
-
 def _pager(guard: ExitGuard) -> Any:
     if not (os.environ.get("EXITGUARD_PAGER_URLS") or os.environ.get("EXITGUARD_PAGER_URLS_FILE")):
         return None
@@ -314,10 +309,11 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
                 ready: Callable[[str], None] | None = None) -> int:
     """Run the demo bot until SIGINT/SIGTERM (or ``options.duration``); 0 when it stopped."""
     out = out or sys.stderr
-    telemetry = _telemetry()
-    telemetry.configure_logging(json=True, level="INFO")
+    # Everything on ``out`` is one JSON object per line: exitguard's events, the banners
+    # below, and other libraries' records (the OpenTelemetry SDK's).
+    configure_logging(json=True, level="INFO", stream=out)
     try:
-        server = telemetry.serve_metrics(port=options.port, addr=options.bind)
+        server = serve_metrics(port=options.port, addr=options.bind)
     except OSError as exc:
         reason = str(exc.strerror or exc)
         if not reason.startswith("cannot serve"):
@@ -332,11 +328,12 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
     with tempfile.TemporaryDirectory(prefix="exitguard-demo-") as tmp:
         try:
             if options.otlp_endpoint:
-                provider = telemetry.configure_tracing(options.otlp_endpoint,
-                                                       service_name="exitguard-demo")
+                # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win over the demo's name.
+                provider = configure_tracing(options.otlp_endpoint,
+                                             default_service_name="exitguard-demo")
             demo = build_demo(options, halt_dir=Path(tmp))
-            telemetry.instrument(demo.guard, metrics=True, traces=provider is not None,
-                                 logs=True, tracer_provider=provider)
+            instrument(demo.guard, metrics=True, traces=provider is not None,
+                       logs=True, tracer_provider=provider)
             pager = _pager(demo.guard)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
@@ -344,13 +341,14 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
             runner = loop.create_task(demo.run())
             url = str(server.url)
             traces = f"; traces to {options.otlp_endpoint}" if options.otlp_endpoint else ""
-            print(f"exitguard {options.mode} --serve: metrics on {url}{traces}; "
-                  "Ctrl-C to stop", file=out, flush=True)
+            _log.info("exitguard %s --serve: metrics on %s%s; Ctrl-C to stop", options.mode,
+                      url, traces)
             if ready is not None:
                 ready(url)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), options.duration)
-            print("exitguard: stopping", file=out, flush=True)
+            _log.info("exitguard: stopping; exits in flight are cancelled (each logged once,"
+                      " at warning)")
         finally:
             if runner is not None:
                 runner.cancel()
@@ -361,5 +359,5 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
                 await pager.aclose()
             server.close()
             if provider is not None:
-                await asyncio.to_thread(telemetry.shutdown_tracing, provider, 5.0)
+                await asyncio.to_thread(shutdown_tracing, provider, 5.0)
     return 0

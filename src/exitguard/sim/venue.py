@@ -34,6 +34,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from .._validate import fraction, non_negative, positive
 from ..errors import InvalidAccount, NetworkError, RpcTimeout, SlippageExceeded, TxExpired
 from ..venue import ExitOrder, Fill, Lookup, Position, Submission, TxStatus
 from .market import MarketPath
@@ -50,16 +51,6 @@ __all__ = [
 
 #: Sizes below this fraction of a position are dust.
 _DUST = 1e-9
-
-
-def _rate(owner: str, name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{owner}.{name} must be a probability in [0, 1], got {value!r}")
-
-
-def _non_negative(owner: str, name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +89,18 @@ class Conditions:
         for name in ("send_failure_rate", "permanent_error_rate", "rpc_timeout_rate",
                      "lookup_failure_rate", "quote_failure_rate", "land_rate",
                      "partial_fill_rate"):
-            _rate(owner, name, getattr(self, name))
+            fraction(owner, name, getattr(self, name))
         for name in ("send_latency", "rpc_latency", "latency_sigma"):
-            _non_negative(owner, name, getattr(self, name))
-        if not (math.isfinite(self.latency_median) and self.latency_median > 0):
-            raise ValueError(
-                f"Conditions.latency_median must be > 0, got {self.latency_median!r}"
-            )
+            non_negative(owner, name, getattr(self, name))
+        positive(owner, "latency_median", self.latency_median)
         low, high = self.rpc_timeout_after
-        _non_negative(owner, "rpc_timeout_after", low)
-        _non_negative(owner, "rpc_timeout_after", high)
+        non_negative(owner, "rpc_timeout_after", low)
+        non_negative(owner, "rpc_timeout_after", high)
         if high < low:
             raise ValueError(f"Conditions.rpc_timeout_after must be (low, high), got {(low, high)}")
         low, high = self.blockhash_age
-        _non_negative(owner, "blockhash_age", low)
-        _non_negative(owner, "blockhash_age", high)
+        non_negative(owner, "blockhash_age", low)
+        non_negative(owner, "blockhash_age", high)
         if high < low:
             raise ValueError(f"Conditions.blockhash_age must be (low, high), got {(low, high)}")
 
@@ -167,14 +155,15 @@ class VenueSpec:
             raise ValueError("VenueSpec.name must be a non-empty string")
         object.__setattr__(self, "windows", tuple(self.windows))
         low, high = self.blockhash_lifetime
-        if not (0 < low <= high and math.isfinite(high)):
-            raise ValueError(f"VenueSpec.blockhash_lifetime must be (low, high) > 0, got "
+        positive("VenueSpec", "blockhash_lifetime", low)
+        positive("VenueSpec", "blockhash_lifetime", high)
+        if high < low:
+            raise ValueError(f"VenueSpec.blockhash_lifetime must be (low, high), got "
                              f"{self.blockhash_lifetime}")
-        if not (math.isfinite(self.fee_scale) and self.fee_scale > 0):
-            raise ValueError(f"VenueSpec.fee_scale must be > 0, got {self.fee_scale!r}")
+        positive("VenueSpec", "fee_scale", self.fee_scale)
         for name in ("confirm_lag", "spread_bps", "impact_bps_per_unit", "volatility_slippage",
                      "slippage_noise_bps"):
-            _non_negative("VenueSpec", name, getattr(self, name))
+            non_negative("VenueSpec", name, getattr(self, name))
 
     def land_probability(self, conditions: Conditions, fee: int | None) -> float:
         boost = math.exp(-(fee or 0) / self.fee_scale)
@@ -360,6 +349,7 @@ class SimVenue:
         self.stats = VenueStats()
         self._markets: dict[str, tuple[MarketPath, float]] = {}
         self._txs: dict[str, SimTx] = {}
+        self._by_client_id: dict[str, SimTx] = {}  # what a lookup by client order id finds
         self._ids = itertools.count(1)
         self._cache: dict[tuple[int, ...], Conditions] = {}
 
@@ -375,6 +365,9 @@ class SimVenue:
         self._markets.pop(position_id, None)
         for tx_id in [t for t, tx in self._txs.items() if tx.order.position.id == position_id]:
             del self._txs[tx_id]
+        for key in [k for k, tx in self._by_client_id.items()
+                    if tx.order.position.id == position_id]:
+            del self._by_client_id[key]
 
     # -- the model ------------------------------------------------------------------------
 
@@ -479,6 +472,7 @@ class SimVenue:
         tx_id = f"{self.name}-{next(self._ids)}"
         tx = self._fate(order, tx_id, self._now(), conditions)
         self._txs[tx_id] = tx
+        self._by_client_id[order.client_order_id] = tx
         self.ledger.record(tx)
         self.stats.sent += 1
         return Submission(tx_id, order, tx.expires_at)
@@ -511,15 +505,20 @@ class SimVenue:
         raise TxExpired("Blockhash not found: block height exceeded")
 
     async def lookup(self, submission: Submission) -> Lookup:
-        tx = self._tx(submission)
         conditions = self.conditions()
         self.stats.lookups += 1
         await asyncio.sleep(conditions.rpc_latency)
         if conditions.lookup_failure_rate and self.rng.random() < conditions.lookup_failure_rate:
             self.stats.lookup_failures += 1
             raise NetworkError("getSignatureStatuses failed: 503 Service Unavailable")
+        tx = self._txs.get(submission.tx_id) or self._by_client_id.get(submission.tx_id)
+        if tx is None:  # a send that failed before the order reached the chain
+            return Lookup(TxStatus.EXPIRED)
         status = tx.status_at(self._now())
-        return Lookup(status, tx.fill if status is TxStatus.LANDED else None)
+        fill = tx.fill if status is TxStatus.LANDED else None
+        if fill is not None and submission.tx_id != fill.tx_id:  # found by client order id
+            fill = Fill(submission.tx_id, fill.size, fill.price)
+        return Lookup(status, fill)
 
     # -- ground truth ---------------------------------------------------------------------
 

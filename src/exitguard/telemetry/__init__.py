@@ -1,7 +1,7 @@
 """Telemetry for exitguard: Prometheus metrics, OpenTelemetry traces, structlog logs.
 
-Everything attaches to a guard through the ``Hooks`` Protocol; the core never imports this
-package. One call instruments a guard::
+Everything attaches to a guard as hooks (``exitguard.hooks``: callables taking one event);
+the core never imports this package. One call instruments a guard::
 
     from exitguard import ExitGuard, telemetry
 
@@ -20,8 +20,8 @@ Bots that keep their own exit code get the same metrics, spans and logs with
 
 from __future__ import annotations
 
-from ._context import current_span_ids, current_trace_id, redact
-from ._fanout import TelemetryHooks
+from ..redaction import redact
+from ._context import current_span_ids, current_trace_id
 from .instrument import (
     Instrumentation,
     TrackedAttempt,
@@ -48,7 +48,6 @@ __all__ = [
     "LogHooks",
     "MetricsServer",
     "PrometheusHooks",
-    "TelemetryHooks",
     "TracingHooks",
     "TrackedAttempt",
     "TrackedExit",

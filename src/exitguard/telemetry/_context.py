@@ -1,8 +1,6 @@
-"""The current span's ids (read the same way by metrics' exemplars and logs) and redaction."""
+"""The current span's ids, read the same way by metrics' exemplars and logs."""
 
 from __future__ import annotations
-
-import re
 
 from opentelemetry import trace
 
@@ -32,29 +30,3 @@ def sampled_trace_id() -> str | None:
     if not (context.is_valid and context.trace_flags.sampled):
         return None
     return format(context.trace_id, "032x")
-
-
-_SECRET_PATTERNS = (
-    # user:password@ in URLs
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1***@"),
-    # sensitive query parameters and key=value pairs
-    (re.compile(
-        r"(?i)\b((?:api[-_]?key|apikey|access[-_]?token|token|secret|password|passwd|auth"
-        r"|authorization|signature|sig|key)\s*[=:]\s*)[^\s&,;'\"]+"
-    ), r"\1***"),
-    # bearer tokens
-    (re.compile(r"(?i)\b(bearer\s+)[a-z0-9._~+/=-]+"), r"\1***"),
-)
-_MAX_TEXT = 500
-
-
-def redact(text: str) -> str:
-    """An error text fit for logs and spans: credentials in URLs and key=value pairs masked,
-    length bounded. Venue errors often quote the RPC URL, whose query may hold an API key."""
-    if len(text) > _MAX_TEXT:
-        text = text[:_MAX_TEXT] + "..."
-    if "=" not in text and ":" not in text and "earer" not in text.lower():
-        return text  # nothing any pattern could match (most texts: skip the regexes)
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text

@@ -21,7 +21,7 @@ Drop-in, around existing exit code (the same metrics, spans and logs as the guar
 
     async def main() -> None:
         async with telemetry.track_exit(position_id="pos-1", symbol="SOL", size=10.0,
-                                        signal_price=95.0, guard="mybot") as exit_:
+                                        signal_price=95.0, guard_name="mybot") as exit_:
             async with exit_.attempt(mode="limit", max_slippage_bps=100) as attempt:
                 attempt.submitted("tx-1")
                 price = await sell(10.0)
@@ -48,12 +48,14 @@ import contextvars
 import functools
 import inspect
 import math
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from .._validate import is_real, positive
 from ..clock import wall_time
 from ..errors import Classifier, ErrorClass, default_classifier
 from ..hooks import (
@@ -69,7 +71,6 @@ from ..hooks import (
 from ..outcome import ExitOutcome, ExitStatus, exit_figures
 from ..state_machine import ALLOWED, ExitState, ExitStateMachine
 from ..venue import ExitOrder, Fill, OrderMode, Position, Side, TxStatus
-from ._fanout import TelemetryHooks
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -99,10 +100,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Instrumentation:
-    """What ``instrument`` attached: one ``TelemetryHooks`` whose ``parts`` run in call
-    order (traces, metrics, logs), and each part (None when not chosen)."""
+    """What ``instrument`` attached: the chosen hooks as one ``SafeHooks``, in call order
+    (traces, metrics, logs), and each of them (None when not chosen)."""
 
-    hooks: TelemetryHooks
+    hooks: SafeHooks
     prometheus: PrometheusHooks | None
     tracing: TracingHooks | None
     logs: LogHooks | None
@@ -125,11 +126,11 @@ def _build(
         from .logs import LogHooks
 
         log_hooks = LogHooks(logger)
-    # Traces first: SafeHooks calls exit_started/attempt_started in order (the span is
-    # current when the others observe) and the *_finished events in reverse order (the span
-    # is still current while metrics read its trace id for the exemplar and logs their ids).
+    # Traces first: SafeHooks delivers events in order (the span is current when the others
+    # observe) and ending events in reverse order (the span is still current while metrics
+    # read its trace id for the exemplar and logs their ids).
     chosen = [h for h in (tracing_hooks, prometheus_hooks, log_hooks) if h is not None]
-    return Instrumentation(TelemetryHooks(*chosen), prometheus_hooks, tracing_hooks, log_hooks)
+    return Instrumentation(SafeHooks(*chosen), prometheus_hooks, tracing_hooks, log_hooks)
 
 
 def make_hooks(
@@ -140,8 +141,8 @@ def make_hooks(
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
     logger: Any = None,
-) -> TelemetryHooks:
-    """The telemetry hooks, as one hook object, for ``ExitGuard(venue, hooks=...)``.
+) -> SafeHooks:
+    """The telemetry hooks, as one ``SafeHooks``, for ``ExitGuard(venue, hooks=...)``.
 
     Exported as ``exitguard.telemetry.hooks``. ``registry``: Prometheus registry (default
     the global one); ``tracer_provider``: OpenTelemetry provider (default the global one);
@@ -166,7 +167,7 @@ def instrument(
     dashboard or an alert sees them before the first exit.
     """
     built = _build(metrics, traces, logs, registry, tracer_provider, logger)
-    if built.hooks.parts:
+    if built.hooks.hooks:
         guard.add_hooks(built.hooks)
     if built.prometheus is not None:
         built.prometheus.watch(guard)
@@ -234,12 +235,9 @@ def _path(current: ExitState, target: ExitState) -> list[ExitState]:
     return []
 
 
-def _number(name: str, value: object, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return float(value)
+def _number(name: str, value: object) -> float:
+    """A size or price given to the tracker: a finite number > 0 (ConfigError otherwise)."""
+    return positive("track_exit", name, value)
 
 
 def _describe(error: BaseException | str) -> str:
@@ -305,7 +303,7 @@ class TrackedAttempt:
         order_size = self.info.order.size
         filled = order_size if size is None else min(_number("size", size), order_size)
         if price is not None:
-            self._fill = Fill(self.tx_id or "", filled, _number("price", price))
+            self._fill = Fill(self.tx_id or "unknown", filled, _number("price", price))
         self._result = (AttemptResult.FILLED if filled >= order_size * (1 - 1e-9)
                         else AttemptResult.PARTIAL)
         self._exit._filled_without_price += 0.0 if price is not None else filled
@@ -564,7 +562,7 @@ class TrackedExit:
         if fill_price is not None:
             size = self.position.size if filled_size is None else _number(
                 "filled_size", filled_size)
-            fills = [Fill(tx_id or "", size, _number("fill_price", fill_price))]
+            fills = [Fill(tx_id or "unknown", size, _number("fill_price", fill_price))]
         if not fills or (fill_price is None and self._filled_without_price > 0):
             # No price known for (some of) what was sold: report the size, no figures.
             size = filled_size if filled_size is not None else self.position.size
@@ -717,19 +715,21 @@ def track_exit(
     symbol: str | None = None,
     size: float | None = None,
     signal_price: float,
-    guard: str = "default",
+    guard_name: str = "default",
     reason: str = "exit",
-    deadline_s: float = 30.0,
+    deadline: float = 30.0,
     entry_price: float | None = None,
     side: Side = "long",
     venue: str = "custom",
     hooks: Hooks | Sequence[Hooks] | None = None,
     classify: Classifier = default_classifier,
+    guard: str | None = None,
+    deadline_s: float | None = None,
 ) -> TrackedExit:
     """Record an exit run by the bot's own code, as ``ExitGuard`` would report it::
 
         async with track_exit(position_id="pos-1", symbol="SOL", size=10.0,
-                              signal_price=95.0, guard="mybot") as exit_:
+                              signal_price=95.0, guard_name="mybot") as exit_:
             async with exit_.attempt(mode="limit", max_slippage_bps=100) as attempt:
                 attempt.submitted(tx_id)
                 attempt.filled(price=fill_price)
@@ -740,7 +740,11 @@ def track_exit(
     propagates. Pass ``position`` (an exitguard Position) or ``position_id``, ``symbol``
     and ``size``. ``entry_price`` (default: the signal price) is what the loss
     amplification is measured against. ``hooks`` default to ``default_hooks()``.
+    ``guard_name`` is the name the exit is reported under (an ``ExitGuard``'s ``name``);
+    ``deadline`` the exit's time bound in seconds. ``guard=`` and ``deadline_s=`` are their
+    former names, deprecated.
     """
+    guard_name, deadline = _renamed(guard_name, guard, deadline, deadline_s)
     signal = _number("signal_price", signal_price)
     if position is None:
         if position_id is None or size is None:
@@ -751,12 +755,32 @@ def track_exit(
         )
     elif not isinstance(position, Position):
         raise TypeError(f"position must be an exitguard.Position, got {type(position)!r}")
-    safe = as_safe_hooks(hooks) if hooks is not None else default_hooks()
+    if hooks is None:
+        safe: SafeHooks | None = default_hooks()
+    elif isinstance(hooks, SafeHooks):  # kept: its failures are logged once across exits
+        safe = hooks
+    else:
+        safe = as_safe_hooks(hooks)
     return TrackedExit(
-        position, signal_price=signal, guard=guard, reason=str(reason),
-        deadline_s=_number("deadline_s", deadline_s), venue=venue,
+        position, signal_price=signal, guard=guard_name, reason=str(reason),
+        deadline_s=_number("deadline", deadline), venue=venue,
         hooks=safe if safe is not None else SafeHooks(), classify=classify,
     )
+
+
+def _renamed(
+    guard_name: str, guard: str | None, deadline: float, deadline_s: float | None
+) -> tuple[str, float]:
+    """``guard_name`` and ``deadline``, or their deprecated former names if given."""
+    if guard is not None:
+        warnings.warn("track_exit(guard=...) is now guard_name=...", DeprecationWarning,
+                      stacklevel=3)
+        guard_name = guard
+    if deadline_s is not None:
+        warnings.warn("deadline_s=... is now deadline=... (seconds)", DeprecationWarning,
+                      stacklevel=3)
+        deadline = deadline_s
+    return guard_name, deadline
 
 
 _P = ParamSpec("_P")
@@ -780,18 +804,18 @@ def _position_from(arguments: dict[str, Any], signal_price: float) -> Position:
                     "short" if side == "short" else "long")
 
 
+def _finite_positive(value: object) -> float | None:
+    """``value`` as a float if it is a finite number > 0 (never a bool), else None."""
+    return float(value) if is_real(value) and 0 < value < math.inf else None
+
+
 def _fill_of(result: object) -> tuple[float | None, float | None, str | None]:
     """(price, size, tx_id) from what an exit function returned, when it says."""
-    if isinstance(result, bool) or result is None:
-        return None, None, None
-    if isinstance(result, int | float):
-        return (float(result), None, None) if math.isfinite(result) and result > 0 else (
-            None, None, None)
+    if is_real(result) or result is None or isinstance(result, bool):
+        return _finite_positive(result), None, None
     price, size = getattr(result, "price", None), getattr(result, "size", None)
     tx_id = getattr(result, "tx_id", None)
-    ok_price = isinstance(price, int | float) and not isinstance(price, bool) and price > 0
-    ok_size = isinstance(size, int | float) and not isinstance(size, bool) and size > 0
-    return (float(price) if ok_price else None, float(size) if ok_size else None,  # type: ignore[arg-type]
+    return (_finite_positive(price), _finite_positive(size),
             tx_id if isinstance(tx_id, str) else None)
 
 
@@ -800,8 +824,9 @@ def instrumented_exit(
     *,
     mode: OrderMode | str | None = OrderMode.MARKET,
     reason: str = "exit",
-    deadline_s: float = 30.0,
+    deadline: float = 30.0,
     hooks: Hooks | Sequence[Hooks] | None = None,
+    deadline_s: float | None = None,
 ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Coroutine[Any, Any, _R]]]:
     """Decorate an async exit function so each call is recorded as one exit.
 
@@ -811,8 +836,10 @@ def instrumented_exit(
     parameter, if any, overrides ``reason``. Each call is one attempt of ``mode``; with
     ``mode=None`` the function reports its own attempts through ``current_exit()``. A
     returned fill (``.price``, ``.size``, ``.tx_id``) or a price gives the exit's figures;
-    an exception makes it a failed exit and propagates.
+    an exception makes it a failed exit and propagates. ``guard_name`` and ``deadline``
+    (seconds) as in ``track_exit``; ``deadline_s=`` is deprecated.
     """
+    guard_name, deadline = _renamed(guard_name, None, deadline, deadline_s)
     order_mode = None if mode is None else OrderMode(mode)
 
     def decorate(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
@@ -834,9 +861,9 @@ def instrumented_exit(
             signal = _number("signal_price", arguments["signal_price"])
             position = _position_from(arguments, signal)
             why = arguments.get("reason", reason)
-            async with track_exit(position, signal_price=signal, guard=guard_name,
+            async with track_exit(position, signal_price=signal, guard_name=guard_name,
                                   reason=str(why) if why is not None else reason,
-                                  deadline_s=deadline_s, hooks=hooks) as exit_:
+                                  deadline=deadline, hooks=hooks) as exit_:
                 if order_mode is None:
                     result = await fn(*args, **kwargs)
                     price, size, tx_id = _fill_of(result)

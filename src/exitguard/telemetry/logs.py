@@ -1,16 +1,19 @@
 """Structured logs for exitguard (structlog), with the current trace and span ids.
 
-``LogHooks`` implements the ``Hooks`` Protocol: one event per state transition
+``LogHooks`` is a hook (``exitguard.hooks``): one event per state transition
 (``exit.transition``), per attempt (``exit.attempt``), per retry (``exit.retry``), per
 reconciliation look-up (``exit.reconciled``), per backoff wait (``exit.backoff``), per finished
 exit (``exit.finished``, with the whole ``states`` path), per late fill (``exit.late_fill``),
 per breaker transition (``breaker.transition``), halt (``trading.halted``) and resume
 (``trading.resumed``). What every clean exit does (its routine transitions, a filled attempt)
 is logged at ``routine_level`` (debug by default), anything out of the ordinary at info or
-above: at info a clean exit is one line. Every event carries ``guard`` and, when a span is
-current, ``trace_id`` and ``span_id`` (lowercase hex, as in OTLP and the exemplars); exit
-events carry ``position_id`` and ``symbol``. Error texts are redacted (credentials in URLs,
-``key=value`` secrets, bearer tokens); nothing else from the venue is logged.
+above: at info a clean exit is one line. One event, one line, one level: the transition into
+a failed end is routine too (``exit.finished`` says it, at error), and the core's own plain
+lines for a breaker transition, a halt, a resume, a late fill or an abandoned reconciliation
+are not written while this logs them (``exitguard.logline``). Every event carries ``guard``
+and, when a span is current, ``trace_id`` and ``span_id`` (lowercase hex, as in OTLP and the
+exemplars); exit events carry ``position_id`` and ``symbol``. Error texts are redacted
+(``exitguard.redaction``); nothing else from the venue is logged.
 
 ``configure_logging`` sets structlog up for production (JSON lines) or humans (console),
 natively or through the standard library's ``logging`` (``stdlib=True``) for bots that
@@ -34,17 +37,31 @@ import structlog
 from opentelemetry.trace import SpanContext, get_current_span
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from .. import logline
 from ..breaker import BreakerState
-from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
+from ..events import (
+    AttemptReport,
+    AttemptResult,
+    Backoff,
+    BreakerTransition,
+    ExitEvent,
+    ExitInfo,
+    Halted,
+    HookEvent,
+    LateFill,
+    PendingResolved,
+    Reconciled,
+    Resumed,
+    Retry,
+)
 from ..outcome import ExitOutcome, ExitStatus
-from ..state_machine import ExitState
-from ..venue import Fill, TxStatus
-from ._context import current_span_ids, redact
+from ..redaction import redact
+from ..state_machine import ExitState, TransitionRecord
+from ..venue import TxStatus
+from ._context import current_span_ids
 
 if TYPE_CHECKING:
-    from ..errors import ErrorClass
-    from ..halt import HaltRecord
-    from ..state_machine import TransitionRecord
+    from contextvars import Token
 
 __all__ = [
     "LOGGER_NAME",
@@ -83,14 +100,15 @@ _DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, 
 _METHOD = {_DEBUG: "debug", _INFO: "info", _WARNING: "warning", _ERROR: "error",
            logging.CRITICAL: "critical"}
 
-#: Transitions every clean exit makes; logged at ``routine_level`` (debug by default).
+#: Transitions logged at ``routine_level`` (debug by default): those every clean exit
+#: makes, and those into an end, which ``exit.finished`` reports right after (one event,
+#: one line).
 ROUTINE_STATES = frozenset({
     ExitState.EXIT_SIGNAL_RECEIVED, ExitState.SUBMITTED, ExitState.POSITION_CLOSED,
-})
-#: Transitions into a failed end; logged at warning (exit.finished follows at error).
-_FAILED_STATES = frozenset({
     ExitState.EXIT_FAILED, ExitState.EXIT_UNRESOLVED, ExitState.EXIT_REFUSED,
 })
+#: The reason of an exit cancelled by the bot (a shutdown): warning, not error.
+CANCELLED = "cancelled"
 
 
 def _level_number(level: str | int) -> int:
@@ -122,9 +140,11 @@ class _LogObserver:
     """One exit's events. Each event first compares its level with the logger's (read at
     the exit's start), so an event below it costs one comparison: no fields are built."""
 
-    __slots__ = ("_base", "_ids", "_level", "_log", "_routine", "_span_context")
+    __slots__ = ("_base", "_ids", "_level", "_log", "_routine", "_span_context", "_token")
 
     def __init__(self, log: Any, level: int, routine: int, exit: ExitInfo) -> None:
+        # The guard's plain lines of this exit's late fills are not written: logged here.
+        self._token: Token[bool] | None = logline.exit_lines_reported()
         self._log = log
         self._level = level
         self._routine = routine
@@ -151,10 +171,29 @@ class _LogObserver:
             out["trace_id"], out["span_id"] = ids
         getattr(self._log, _METHOD.get(level, "info"))(event, **out)
 
-    def attempt_started(self, attempt: AttemptInfo) -> None:
-        pass  # one event per attempt, when its result is known (exit.attempt)
+    def __call__(self, event: ExitEvent) -> None:
+        # One event per attempt, when its result is known (exit.attempt): AttemptInfo is
+        # not logged.
+        if isinstance(event, TransitionRecord):  # the most frequent, mostly below the level
+            level = self._routine if event.to_state in ROUTINE_STATES else _INFO
+            if level >= self._level:
+                self._transition(event, level)
+        elif isinstance(event, AttemptReport):
+            self._attempt_finished(event)
+        elif isinstance(event, ExitOutcome):
+            self._exit_finished(event)
+        elif isinstance(event, Retry):
+            if self._level <= _WARNING:
+                self._emit(_WARNING, "exit.retry", {"error_class": event.error_class.value,
+                                                    "next_attempt": event.next_attempt})
+        elif isinstance(event, Backoff):
+            if self._level <= _DEBUG:
+                self._emit(_DEBUG, "exit.backoff", {"delay_s": round(event.delay_s, 6)})
+        elif isinstance(event, Reconciled) and self._level <= _INFO:
+            self._emit(_INFO, "exit.reconciled",
+                       {"tx_id": event.tx_id, "status": event.status.value})
 
-    def attempt_finished(self, report: AttemptReport) -> None:
+    def _attempt_finished(self, report: AttemptReport) -> None:
         result = report.result
         level = (self._routine if result is AttemptResult.FILLED
                  else _INFO if result is AttemptResult.PARTIAL else _WARNING)
@@ -181,23 +220,9 @@ class _LogObserver:
             fields["error"] = redact(report.error)
         self._emit(level, "exit.attempt", fields)
 
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        if self._level <= _WARNING:
-            self._emit(_WARNING, "exit.retry",
-                       {"error_class": error_class.value, "next_attempt": next_attempt})
-
-    def backoff(self, delay_s: float) -> None:
-        if self._level <= _DEBUG:
-            self._emit(_DEBUG, "exit.backoff", {"delay_s": round(delay_s, 6)})
-
-    def transition(self, record: TransitionRecord) -> None:
-        to_state = record.to_state
-        level = (self._routine if to_state in ROUTINE_STATES
-                 else _WARNING if to_state in _FAILED_STATES else _INFO)
-        if level < self._level:
-            return
+    def _transition(self, record: TransitionRecord, level: int) -> None:
         fields: dict[str, Any] = {
-            "from_state": record.from_state.value, "to_state": to_state.value,
+            "from_state": record.from_state.value, "to_state": record.to_state.value,
         }
         if record.detail:  # the core's own words (an error class, a ladder step): no secrets
             fields["detail"] = record.detail
@@ -207,12 +232,12 @@ class _LogObserver:
             fields["late"] = True
         self._emit(level, "exit.transition", fields)
 
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        if self._level <= _INFO:
-            self._emit(_INFO, "exit.reconciled", {"tx_id": tx_id, "status": status.value})
-
-    def exit_finished(self, outcome: ExitOutcome) -> None:
-        level = _INFO if outcome.status is ExitStatus.CLOSED else _ERROR
+    def _exit_finished(self, outcome: ExitOutcome) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            logline.reset(token)
+        level = (_INFO if outcome.status is ExitStatus.CLOSED
+                 else _WARNING if outcome.reason == CANCELLED else _ERROR)
         if level < self._level:
             return
         fields: dict[str, Any] = {
@@ -277,59 +302,69 @@ class LogHooks:
         self._bound = (key, log)
         return log
 
-    def exit_started(self, exit: ExitInfo) -> _LogObserver | None:
-        log = self._exit_log()
-        level = _effective_level(log)
-        if level > _ERROR:
-            return None
-        return _LogObserver(log, level, self.routine_level, exit)
+    def __call__(self, event: HookEvent) -> _LogObserver | None:
+        if isinstance(event, ExitInfo):
+            log = self._exit_log()
+            level = _effective_level(log)
+            if level > _ERROR:
+                return None
+            return _LogObserver(log, level, self.routine_level, event)
+        if isinstance(event, PendingResolved):
+            self._pending_resolved(event)
+        elif isinstance(event, LateFill):
+            self._late_fill(event)
+        elif isinstance(event, BreakerTransition):
+            self._breaker_transition(event)
+        elif isinstance(event, Halted):
+            self.logger.critical(
+                "trading.halted",
+                **_with_ids({"guard": event.guard, "reason": redact(event.record.reason),
+                             "actor": event.record.actor, "at": event.record.at}),
+            )
+            logline.reported()
+        elif isinstance(event, Resumed):
+            self.logger.warning(
+                "trading.resumed",
+                **_with_ids({"guard": event.guard, "reason": redact(event.record.reason),
+                             "approver": event.record.actor, "at": event.record.at}),
+            )
+            logline.reported()
+        return None
 
     def _exit_logger(self, exit: ExitInfo) -> Any:
         return self.logger.bind(
             guard=exit.guard, position_id=exit.position.id, symbol=exit.position.symbol
         )
 
-    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
-        log = self._exit_logger(exit)
-        if status is TxStatus.PENDING:
-            log.error("exit.reconciliation_abandoned",
-                      **_with_ids({"tx_id": tx_id, "status": status.value}))
+    def _pending_resolved(self, event: PendingResolved) -> None:
+        log = self._exit_logger(event.exit)
+        fields = _with_ids({"tx_id": event.tx_id, "status": event.status.value})
+        if event.status is TxStatus.PENDING:
+            # No longer watched; its exit was reported unresolved with this id already.
+            log.warning("exit.reconciliation_abandoned", **fields)
         else:
-            log.info("exit.pending_resolved",
-                     **_with_ids({"tx_id": tx_id, "status": status.value}))
+            log.info("exit.pending_resolved", **fields)
 
-    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
-        self._exit_logger(exit).error(
+    def _late_fill(self, event: LateFill) -> None:
+        fill = event.fill
+        self._exit_logger(event.exit).error(
             "exit.late_fill",
             **_with_ids({"tx_id": fill.tx_id, "fill_size": fill.size, "fill_price": fill.price,
-                         "signal_price": exit.signal_price}),
+                         "signal_price": event.exit.signal_price}),
         )
+        logline.reported()
 
-    def breaker_transition(
-        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
-    ) -> None:
-        fields = _with_ids({"guard": guard, "breaker": breaker, "from_state": old.value,
-                            "to_state": new.value})
+    def _breaker_transition(self, event: BreakerTransition) -> None:
+        fields = _with_ids({"guard": event.guard, "breaker": event.breaker,
+                            "from_state": event.old.value, "to_state": event.new.value})
+        new = event.new
         if new is BreakerState.OPEN:
             self.logger.error("breaker.transition", **fields)
         elif new is BreakerState.HALF_OPEN:
             self.logger.warning("breaker.transition", **fields)
         else:
             self.logger.info("breaker.transition", **fields)
-
-    def halted(self, guard: str, record: HaltRecord) -> None:
-        self.logger.critical(
-            "trading.halted",
-            **_with_ids({"guard": guard, "reason": redact(record.reason), "actor": record.actor,
-                         "at": record.at}),
-        )
-
-    def resumed(self, guard: str, record: HaltRecord) -> None:
-        self.logger.warning(
-            "trading.resumed",
-            **_with_ids({"guard": guard, "reason": redact(record.reason),
-                         "approver": record.actor, "at": record.at}),
-        )
+        logline.reported()
 
 
 # -- set-up ------------------------------------------------------------------------------
@@ -413,7 +448,9 @@ def stdlib_formatter(json: bool = True, *, colors: bool = False) -> logging.Form
     )
 
 
-def _install_handler(logger: logging.Logger, stream: Writable, json: bool, level: int) -> None:
+def _install_handler(
+    logger: logging.Logger, stream: Writable, json: bool, level: int | None
+) -> None:
     for handler in list(logger.handlers):
         if getattr(handler, _HANDLER_FLAG, False):
             logger.removeHandler(handler)
@@ -422,7 +459,8 @@ def _install_handler(logger: logging.Logger, stream: Writable, json: bool, level
     isatty = getattr(stream, "isatty", None)
     handler.setFormatter(stdlib_formatter(json, colors=bool(isatty and isatty())))
     logger.addHandler(handler)
-    logger.setLevel(level)
+    if level is not None:
+        logger.setLevel(level)
 
 
 def configure_logging(
@@ -440,7 +478,9 @@ def configure_logging(
 
     Native mode (default): structlog writes straight to ``stream``; events below ``level``
     cost one no-op call. The core's own ``logging`` records (logger ``exitguard``) are
-    rendered the same way on the same stream.
+    rendered the same way on the same stream, and so are other libraries' records (the
+    OpenTelemetry SDK's) when nothing else set ``logging`` up (the root logger has no
+    handler): a JSON stream holds nothing but JSON lines.
 
     ``stdlib=True``: structlog hands its events to the standard library's ``logging``
     (logger ``exitguard``), so they go wherever the bot's logging goes and honour its
@@ -468,8 +508,12 @@ def configure_logging(
             if getattr(handler, _HANDLER_FLAG, False):
                 core.removeHandler(handler)
                 core.propagate = True
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # the root handler of a native-mode set-up
+            if getattr(handler, _HANDLER_FLAG, False):
+                root.removeHandler(handler)
         if install_handler:
-            _install_handler(logging.getLogger(), out, json, number)
+            _install_handler(root, out, json, number)
         return
     processors = _shared_processors()
     if json:
@@ -487,3 +531,9 @@ def configure_logging(
         core = logging.getLogger(LOGGER_NAME)
         _install_handler(core, out, json, number)
         core.propagate = False
+        root = logging.getLogger()
+        if all(getattr(handler, _HANDLER_FLAG, False) for handler in root.handlers):
+            # Nobody else set logging up: other libraries' records (the OpenTelemetry
+            # SDK's, urllib3's) would be printed as plain text on stderr by logging's last
+            # resort. Rendered like exitguard's instead, at the root's own level.
+            _install_handler(root, out, json, None)

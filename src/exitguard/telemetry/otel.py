@@ -1,6 +1,6 @@
 """OpenTelemetry traces for exitguard: one ``exitguard.exit`` span per exit.
 
-``TracingHooks`` implements the ``Hooks`` Protocol. Each exit gets a span named
+``TracingHooks`` is a hook (``exitguard.hooks``). Each exit gets a span named
 ``exitguard.exit`` whose parent is the caller's current span (if any); it is made current
 for the whole exit, so the venue's own instrumentation, the metrics' exemplars and the log
 events all carry its trace id. Each submission gets a child ``exitguard.exit.attempt`` span
@@ -22,11 +22,10 @@ unreachable or slow collector never slows an exit::
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,17 +37,26 @@ from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioB
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from .. import catalogue
-from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo, NoopExitObserver
+from .._validate import fraction, positive
+from ..events import (
+    AttemptInfo,
+    AttemptReport,
+    AttemptResult,
+    Backoff,
+    BreakerTransition,
+    ExitEvent,
+    ExitInfo,
+    Halted,
+    HookEvent,
+    LateFill,
+    Reconciled,
+    Resumed,
+    Retry,
+)
 from ..outcome import ExitOutcome, ExitStatus
-from ..venue import Fill, TxStatus
-from ._context import redact
+from ..redaction import get_logger, redact
+from ..state_machine import TransitionRecord
 from ._export_failures import TRACE_EXPORT_FAILURES
-
-if TYPE_CHECKING:
-    from ..breaker import BreakerState
-    from ..errors import ErrorClass
-    from ..halt import HaltRecord
-    from ..state_machine import TransitionRecord
 
 __all__ = [
     "ATTEMPT_SPAN",
@@ -61,6 +69,8 @@ __all__ = [
 ]
 
 INSTRUMENTATION_NAME: Final = "exitguard"
+#: ``service.name`` when neither ``configure_tracing`` nor the environment names it.
+DEFAULT_SERVICE_NAME: Final = "exitguard"
 
 # Span names.
 EXIT_SPAN: Final = "exitguard.exit"
@@ -122,7 +132,7 @@ def _exit_attributes(info: ExitInfo) -> dict[str, Any]:
         A_SYMBOL: position.symbol,
         A_SIZE: position.size,
         A_SIGNAL_PRICE: info.signal_price,
-        A_REASON: info.reason,
+        A_REASON: info.reason,  # the bot's own label for the exit (not venue text)
         A_DEADLINE: info.deadline_s,
     }
 
@@ -151,7 +161,35 @@ class _TraceObserver:
         self._attempt_attributes: dict[str, Any] = {}
         self._attempt_token: object | None = None
 
-    def attempt_started(self, attempt: AttemptInfo) -> None:
+    def __call__(self, event: ExitEvent) -> None:
+        # By frequency: transitions (several per exit, their body inlined), the attempt's
+        # start and end, the exit's end; then the rare ones.
+        if isinstance(event, TransitionRecord):
+            attributes: dict[str, Any] = {
+                A_FROM: event.from_state.value, A_TO: event.to_state.value,
+            }
+            if event.detail:
+                attributes[A_DETAIL] = event.detail
+            if event.tx_id is not None:
+                attributes[A_TX_ID] = event.tx_id
+            if event.late:
+                attributes[A_LATE] = True
+            self._event(E_TRANSITION, attributes)
+        elif isinstance(event, AttemptInfo):
+            self._attempt_started(event)
+        elif isinstance(event, AttemptReport):
+            self._attempt_finished(event)
+        elif isinstance(event, ExitOutcome):
+            self._exit_finished(event)
+        elif isinstance(event, Retry):
+            self._event(E_RETRY, {A_ERROR_TYPE: event.error_class.value,
+                                  A_NEXT_ATTEMPT: event.next_attempt})
+        elif isinstance(event, Backoff):
+            self._event(E_BACKOFF, {A_DELAY: event.delay_s})
+        elif isinstance(event, Reconciled):
+            self._event(E_RECONCILE, {A_TX_ID: event.tx_id, A_TX_STATUS: event.status.value})
+
+    def _attempt_started(self, attempt: AttemptInfo) -> None:
         if self._attempt is not None:  # a previous attempt never reported: close it
             self._end_attempt("superseded by the next attempt")
         order = attempt.order
@@ -168,7 +206,7 @@ class _TraceObserver:
         self._attempt_attributes = attributes
         self._attempt_token = otel_context.attach(trace.set_span_in_context(span, self._context))
 
-    def attempt_finished(self, report: AttemptReport) -> None:
+    def _attempt_finished(self, report: AttemptReport) -> None:
         span = self._attempt
         if span is None:
             return
@@ -207,32 +245,9 @@ class _TraceObserver:
         else:
             self._span.add_event(name, attributes)
 
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        self._event(
-            E_RETRY, {A_ERROR_TYPE: error_class.value, A_NEXT_ATTEMPT: next_attempt}
-        )
-
-    def backoff(self, delay_s: float) -> None:
-        self._event(E_BACKOFF, {A_DELAY: delay_s})
-
-    def transition(self, record: TransitionRecord) -> None:
-        attributes: dict[str, Any] = {
-            A_FROM: record.from_state.value, A_TO: record.to_state.value,
-        }
-        if record.detail:
-            attributes[A_DETAIL] = record.detail
-        if record.tx_id is not None:
-            attributes[A_TX_ID] = record.tx_id
-        if record.late:
-            attributes[A_LATE] = True
-        self._event(E_TRANSITION, attributes)
-
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
-        self._event(E_RECONCILE, {A_TX_ID: tx_id, A_TX_STATUS: status.value})
-
-    def exit_finished(self, outcome: ExitOutcome) -> None:
+    def _exit_finished(self, outcome: ExitOutcome) -> None:
         if self._attempt is not None:
-            self._end_attempt(f"exit ended during the attempt ({outcome.reason})")
+            self._end_attempt(f"exit ended during the attempt ({redact(outcome.reason)})")
         span = self._span
         attributes = self._attributes
         attributes[A_OUTCOME] = outcome.status.value
@@ -254,7 +269,7 @@ class _TraceObserver:
             otel_context.detach(token)  # type: ignore[arg-type]
 
 
-class _UnsampledObserver(NoopExitObserver):
+class _UnsampledObserver:
     """An exit whose trace the sampler dropped: its span context is still current for the
     whole exit (the log lines share its trace id; the bot's own spans inside it follow the
     decision), but nothing is recorded, so no attribute, event or attempt span is built."""
@@ -264,10 +279,11 @@ class _UnsampledObserver(NoopExitObserver):
     def __init__(self, span: Span) -> None:
         self._token: object | None = otel_context.attach(trace.set_span_in_context(span))
 
-    def exit_finished(self, outcome: ExitOutcome) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+    def __call__(self, event: ExitEvent) -> None:
+        if isinstance(event, ExitOutcome):
+            token, self._token = self._token, None
+            if token is not None:
+                otel_context.detach(token)  # type: ignore[arg-type]
 
 
 class TracingHooks:
@@ -285,44 +301,38 @@ class TracingHooks:
             INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
         )
 
-    def exit_started(self, exit: ExitInfo) -> _TraceObserver | _UnsampledObserver:
-        span = self.tracer.start_span(EXIT_SPAN)
-        if span.is_recording():
-            return _TraceObserver(self.tracer, span, exit)
-        return _UnsampledObserver(span)
-
-    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
-        pass
-
-    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
-        # Background reconciliation runs in a task created while the exit span was current,
-        # so the late fill's span joins the exit's trace.
-        attributes = _exit_attributes(exit)
-        attributes.update({A_TX_ID: fill.tx_id, A_FILL_SIZE: fill.size,
-                           A_FILL_PRICE: fill.price})
-        self.tracer.start_span(LATE_FILL_SPAN, attributes=attributes).end()
+    def __call__(self, event: HookEvent) -> _TraceObserver | _UnsampledObserver | None:
+        if isinstance(event, ExitInfo):
+            span = self.tracer.start_span(EXIT_SPAN)
+            if span.is_recording():
+                return _TraceObserver(self.tracer, span, event)
+            return _UnsampledObserver(span)
+        if isinstance(event, LateFill):
+            # Background reconciliation runs in a task created while the exit span was
+            # current, so the late fill's span joins the exit's trace.
+            attributes = _exit_attributes(event.exit)
+            fill = event.fill
+            attributes.update({A_TX_ID: fill.tx_id, A_FILL_SIZE: fill.size,
+                               A_FILL_PRICE: fill.price})
+            self.tracer.start_span(LATE_FILL_SPAN, attributes=attributes).end()
+        elif isinstance(event, BreakerTransition):
+            self._event(E_BREAKER, {A_GUARD: event.guard, A_BREAKER: event.breaker,
+                                    A_FROM: event.old.value, A_TO: event.new.value})
+        elif isinstance(event, Halted):
+            self._event(E_HALTED, {A_GUARD: event.guard, A_DETAIL: redact(event.record.reason)})
+        elif isinstance(event, Resumed):
+            self._event(E_RESUMED, {A_GUARD: event.guard, A_DETAIL: redact(event.record.reason)})
+        return None
 
     def _event(self, name: str, attributes: Mapping[str, Any]) -> None:
         span = trace.get_current_span()
         if span.is_recording():
             span.add_event(name, attributes)
 
-    def breaker_transition(
-        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
-    ) -> None:
-        self._event(E_BREAKER, {A_GUARD: guard, A_BREAKER: breaker, A_FROM: old.value,
-                                A_TO: new.value})
-
-    def halted(self, guard: str, record: HaltRecord) -> None:
-        self._event(E_HALTED, {A_GUARD: guard, A_DETAIL: record.reason})
-
-    def resumed(self, guard: str, record: HaltRecord) -> None:
-        self._event(E_RESUMED, {A_GUARD: guard, A_DETAIL: record.reason})
-
 
 # -- set-up ------------------------------------------------------------------------------
 
-_log = logging.getLogger("exitguard.telemetry")
+_log = get_logger("exitguard.telemetry")
 #: The OTLP/HTTP exporter logs every failed batch (and every retry) under this name.
 _OTLP_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 _in_outage: set[int] = set()  # ids of CountingSpanExporters whose export is failing
@@ -352,7 +362,7 @@ class CountingSpanExporter(SpanExporter):
         self.exporter = exporter
         self.failures = 0  # this exporter's failed batches
         self._outage_failures = 0
-        logger = logging.getLogger(_OTLP_LOGGER)
+        logger = get_logger(_OTLP_LOGGER)  # redacted too: its lines quote the endpoint URL
         if _QUIET not in logger.filters:
             logger.addFilter(_QUIET)
 
@@ -404,7 +414,8 @@ def _traces_url(endpoint: str) -> str:
 def configure_tracing(
     endpoint: str | None,
     *,
-    service_name: str = "exitguard",
+    service_name: str | None = None,
+    default_service_name: str = DEFAULT_SERVICE_NAME,
     timeout: float = 2.0,
     set_global: bool = True,
     exporter: SpanExporter | None = None,
@@ -427,6 +438,11 @@ def configure_tracing(
     waited for. ``set_global`` installs it as the global provider (once per process, an
     OpenTelemetry rule); ``instrument(guard)`` then uses it without being told.
 
+    ``service_name`` and ``resource_attributes`` describe the process (the OTel resource);
+    unset, the standard ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` apply, and
+    ``service.name`` is ``default_service_name`` only when neither names it. Given, they
+    win over the environment.
+
     ``sample_ratio``: the share of exits whose trace is recorded and exported (head
     sampling, decided when the exit starts; an exit inside a span of the bot's follows that
     span's decision). None (default) keeps the SDK's choice: ``OTEL_TRACES_SAMPLER`` /
@@ -435,11 +451,9 @@ def configure_tracing(
     no exemplar; it is dropped whatever its outcome, so keep 1.0 (and sample in the
     collector) when every failed exit's trace matters.
     """
-    if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0):
-        raise ValueError(f"timeout must be a number > 0, got {timeout!r}")
-    attributes: dict[str, str] = {"service.name": service_name}
-    attributes.update(resource_attributes or {})
-    provider = TracerProvider(resource=Resource.create(attributes),
+    positive("configure_tracing", "timeout", timeout)
+    provider = TracerProvider(resource=_resource(service_name, resource_attributes,
+                                                 default_service_name),
                               sampler=_sampler(sample_ratio))
     if exporter is None:
         url = endpoint
@@ -469,14 +483,35 @@ def configure_tracing(
     return provider
 
 
+def _resource(
+    service_name: str | None, attributes: Mapping[str, str] | None, default_name: str
+) -> Resource:
+    """The SDK's resource: ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` as the
+    OpenTelemetry specification says, under what the caller passes; ``service.name`` is
+    ``default_name`` only when neither the caller nor the environment names the service."""
+    given: dict[str, str] = dict(attributes or {})
+    if service_name is not None:
+        given["service.name"] = service_name
+    resource = Resource.create(given)
+    if "service.name" not in given and (
+        not os.environ.get("OTEL_SERVICE_NAME", "").strip()
+        and "service.name" not in _env_resource_keys()
+    ):
+        resource = resource.merge(Resource({"service.name": default_name}))
+    return resource
+
+
+def _env_resource_keys() -> set[str]:
+    raw = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    return {item.split("=", 1)[0].strip() for item in raw.split(",") if "=" in item}
+
+
 def _sampler(sample_ratio: float | None) -> Sampler | None:
     """None: the SDK's default (which reads the OTEL_TRACES_SAMPLER environment variables)."""
     if sample_ratio is None:
         return None
-    if not (isinstance(sample_ratio, int | float) and not isinstance(sample_ratio, bool)
-            and math.isfinite(sample_ratio) and 0.0 <= sample_ratio <= 1.0):
-        raise ValueError(f"sample_ratio must be a number from 0 to 1, got {sample_ratio!r}")
-    return ParentBased(TraceIdRatioBased(float(sample_ratio)))
+    ratio = fraction("configure_tracing", "sample_ratio", sample_ratio)
+    return ParentBased(TraceIdRatioBased(ratio))
 
 
 def shutdown_tracing(provider: trace.TracerProvider | None = None, timeout: float = 5.0) -> bool:

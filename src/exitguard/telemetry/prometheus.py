@@ -1,6 +1,6 @@
 """Prometheus metrics for exitguard: every metric of ``exitguard.catalogue``, and /metrics.
 
-``PrometheusHooks`` implements the ``Hooks`` Protocol. Names, types, label names, help texts
+``PrometheusHooks`` is a hook (``exitguard.hooks``). Names, types, label names, help texts
 and histogram buckets all come from the catalogue; no metric name is spelled here. Label
 values are bounded: the guard's name, the breaker's name and enum values (outcome, order
 mode, attempt result, error class, breaker state) — never a position id, a tx id or a
@@ -35,12 +35,26 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .. import catalogue
+from .._validate import whole
 from ..breaker import BreakerState
-from ..errors import ErrorClass
+from ..errors import ConfigError, ErrorClass
+from ..events import (
+    AttemptReport,
+    AttemptResult,
+    BreakerTransition,
+    ExitEvent,
+    ExitInfo,
+    Halted,
+    HookEvent,
+    LateFill,
+    PendingResolved,
+    Reconciled,
+    Resumed,
+    Retry,
+)
 from ..faults import FaultSource
-from ..hooks import AttemptInfo, AttemptReport, AttemptResult, ExitInfo
 from ..outcome import ExitOutcome, ExitStatus
-from ..venue import Fill, OrderMode, TxStatus
+from ..venue import OrderMode, TxStatus
 from ._context import sampled_trace_id
 from ._export_failures import TRACE_EXPORT_FAILURES
 
@@ -48,8 +62,6 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from ..guard import ExitGuard
-    from ..halt import HaltRecord
-    from ..state_machine import TransitionRecord
 
 __all__ = ["REGISTERED_METRICS", "MetricsServer", "PrometheusHooks", "serve_metrics"]
 
@@ -254,10 +266,17 @@ class _MetricsObserver:
         self._info = info
         self._unknown: set[str] | None = None  # submissions whose outcome is unknown
 
-    def attempt_started(self, attempt: AttemptInfo) -> None:
-        pass
+    def __call__(self, event: ExitEvent) -> None:
+        if isinstance(event, AttemptReport):
+            self._attempt_finished(event)
+        elif isinstance(event, ExitOutcome):
+            self._exit_finished(event)
+        elif isinstance(event, Retry):
+            self._series.retries[event.error_class].inc()
+        elif isinstance(event, Reconciled):
+            self._reconciled(event)
 
-    def attempt_finished(self, report: AttemptReport) -> None:
+    def _attempt_finished(self, report: AttemptReport) -> None:
         series = self._series
         series.attempts[report.attempt.order.mode, report.result].inc()
         if report.result is AttemptResult.TIMEOUT and report.tx_id is not None:
@@ -267,22 +286,15 @@ class _MetricsObserver:
                 self._unknown.add(report.tx_id)
                 series.unresolved.inc()
 
-    def retry(self, error_class: ErrorClass, next_attempt: int) -> None:
-        self._series.retries[error_class].inc()
-
-    def backoff(self, delay_s: float) -> None:
-        pass
-
-    def transition(self, record: TransitionRecord) -> None:
-        pass
-
-    def reconciled(self, tx_id: str, status: TxStatus) -> None:
+    def _reconciled(self, event: Reconciled) -> None:
         unknown = self._unknown
-        if status is not TxStatus.PENDING and unknown is not None and tx_id in unknown:
-            unknown.discard(tx_id)
+        if event.status is not TxStatus.PENDING and unknown is not None and (
+            event.tx_id in unknown
+        ):
+            unknown.discard(event.tx_id)
             self._series.unresolved.dec()
 
-    def exit_finished(self, outcome: ExitOutcome) -> None:
+    def _exit_finished(self, outcome: ExitOutcome) -> None:
         series = self._series
         series.in_flight.dec()
         series.exits[outcome.status].inc()
@@ -342,47 +354,46 @@ class PrometheusHooks:
             series.halted.set(1 if guard.halt.is_halted else 0)
         self._collectors.faults.watch(guard)
 
-    # -- Hooks --------------------------------------------------------------------------
+    # -- the hook ---------------------------------------------------------------------------
 
-    def exit_started(self, exit: ExitInfo) -> _MetricsObserver:
-        series = self._collectors.guard(exit.guard)
-        series.in_flight.inc()
-        return _MetricsObserver(series, exit)
+    def __call__(self, event: HookEvent) -> _MetricsObserver | None:
+        if isinstance(event, ExitInfo):
+            series = self._collectors.guard(event.guard)
+            series.in_flight.inc()
+            return _MetricsObserver(series, event)
+        if isinstance(event, PendingResolved):
+            self._pending_resolved(event)
+        elif isinstance(event, LateFill):
+            self._collectors.guard(event.exit.guard).late_fills.inc()
+        elif isinstance(event, BreakerTransition):
+            breaker = self._collectors.guard(event.guard).breaker(event.breaker)
+            breaker.state.set(event.new.gauge_value)
+            breaker.transitions[event.new].inc()
+            if event.new is BreakerState.OPEN:
+                breaker.trips.inc()
+        elif isinstance(event, Halted):
+            series = self._collectors.guard(event.guard)
+            series.halted.set(1)
+            series.halts.inc()
+        elif isinstance(event, Resumed):
+            series = self._collectors.guard(event.guard)
+            series.halted.set(0)
+            series.resumes.inc()
+        return None
 
-    def pending_resolved(self, exit: ExitInfo, tx_id: str, status: TxStatus) -> None:
-        # Called once per background-reconciled submission, also with PENDING when
-        # reconciliation gives up or is abandoned: either way it is no longer tracked.
+    def _pending_resolved(self, event: PendingResolved) -> None:
+        # Once per background-reconciled submission, also with PENDING when reconciliation
+        # gives up or is abandoned: either way it is no longer tracked.
+        exit = event.exit
         series = self._collectors.guard(exit.guard)
         with series._lock:
             entry = series.pending.get(id(exit))
-            if entry is None or entry[0] is not exit or tx_id not in entry[1]:
+            if entry is None or entry[0] is not exit or event.tx_id not in entry[1]:
                 return
-            entry[1].discard(tx_id)
+            entry[1].discard(event.tx_id)
             if not entry[1]:
                 del series.pending[id(exit)]
         series.unresolved.dec()
-
-    def late_fill(self, exit: ExitInfo, fill: Fill) -> None:
-        self._collectors.guard(exit.guard).late_fills.inc()
-
-    def breaker_transition(
-        self, guard: str, breaker: str, old: BreakerState, new: BreakerState
-    ) -> None:
-        series = self._collectors.guard(guard).breaker(breaker)
-        series.state.set(new.gauge_value)
-        series.transitions[new].inc()
-        if new is BreakerState.OPEN:
-            series.trips.inc()
-
-    def halted(self, guard: str, record: HaltRecord) -> None:
-        series = self._collectors.guard(guard)
-        series.halted.set(1)
-        series.halts.inc()
-
-    def resumed(self, guard: str, record: HaltRecord) -> None:
-        series = self._collectors.guard(guard)
-        series.halted.set(0)
-        series.resumes.inc()
 
 
 class MetricsServer:
@@ -426,8 +437,8 @@ def serve_metrics(
     ``addr="0.0.0.0"`` explicitly to expose it wider). ``port=0`` picks a free port (see
     ``.port``). A port in use raises OSError naming it.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an integer between 0 and 65535, got {port!r}")
+    if whole("serve_metrics", "port", port, 0) > 65535:
+        raise ConfigError("serve_metrics", "port", "must be an integer from 0 to 65535", port)
     try:
         httpd, thread = start_http_server(
             port, addr=addr, registry=registry if registry is not None else REGISTRY

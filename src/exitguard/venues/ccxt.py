@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import math
 import re
 import socket
@@ -104,6 +103,7 @@ from ..errors import (
     SlippageExceeded,
     TxExpired,
 )
+from ..redaction import get_logger
 from ..venue import ExitOrder, Fill, Lookup, OrderMode, Position, Submission, TxStatus
 
 __all__ = [
@@ -115,7 +115,7 @@ __all__ = [
     "map_submit_error",
 ]
 
-_log = logging.getLogger("exitguard.venues.ccxt")
+_log = get_logger("exitguard.venues.ccxt")  # ccxt errors quote URLs and signed queries
 
 #: Statuses after which an order can no longer fill (ccxt's unified order statuses).
 _TERMINAL = frozenset({"closed", "canceled", "expired", "rejected"})

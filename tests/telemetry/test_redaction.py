@@ -1,0 +1,314 @@
+"""No secret a venue quotes in its errors reaches any output: stdlib logs, structlog JSON and
+console lines, spans received by a real OTLP receiver, pages received by a webhook sink.
+
+Each shape is fed through a venue error (the venue's quote and submit raise it) and run
+through ExitGuard; the raw secret is first checked to reach the exit's outcome (so the test
+can fail), then checked absent from every output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import logging
+import pkgutil
+import timeit
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import structlog
+
+import exitguard
+from exitguard import ExitGuard, ExitOutcome, ExitStatus, InsufficientBalance, Position
+from exitguard.halt import HaltRecord
+from exitguard.hooks import Hooks
+from exitguard.redaction import MASK, RedactingFilter, get_logger, redact
+from exitguard.telemetry import (
+    LogHooks,
+    TracingHooks,
+    configure_logging,
+    configure_tracing,
+    shutdown_tracing,
+)
+from exitguard.testing import RecordingHooks, ScriptedVenue, TxPlan, run_virtual
+from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.servers import WebhookSink, webhook_sink
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    text: str
+    secret: str
+    kept: str  # what must survive, so the text still says what failed
+
+
+SHAPES = (
+    Shape("bearer header", "POST /order 401: Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.SiG7xQ",
+          "eyJhbGciOiJIUzI1NiJ9.e30.SiG7xQ", "Authorization: Bearer ***"),
+    Shape("basic header", "proxy said 407 (Authorization: Basic dXNlcjpzM2NyM3RwYXNz)",
+          "dXNlcjpzM2NyM3RwYXNz", "Basic ***"),
+    Shape("bare bearer", "upstream rejected bearer Tk_8fj2kLmQ9zX41 for this route",
+          "Tk_8fj2kLmQ9zX41", "bearer ***"),
+    Shape("alchemy /v2/<key>",
+          "HTTPError 429 for https://eth-mainnet.g.alchemy.com/v2/AlChEmYkEy0123456789abcdefXYZ",
+          "AlChEmYkEy0123456789abcdefXYZ", "alchemy.com/v2/***"),
+    Shape("infura /v3/<project-id>",
+          "timed out: https://mainnet.infura.io/v3/9aa3d95b3bc440fa88ea12eaa4456161 (read)",
+          "9aa3d95b3bc440fa88ea12eaa4456161", "infura.io/v3/***"),
+    Shape("quicknode path token",
+          "503 from https://solemn-pine.solana-mainnet.quiknode.pro/7d1c9e2f4b6a80c3d5e7f9a1b3c5d7e9/",
+          "7d1c9e2f4b6a80c3d5e7f9a1b3c5d7e9", "quiknode.pro/***/"),
+    Shape("helius ?api-key=",
+          "connection reset by https://mainnet.helius-rpc.com/?api-key=4f1a2b3c-dead-beef-9876-0a1b2c3d4e5f",
+          "4f1a2b3c-dead-beef-9876-0a1b2c3d4e5f", "?api-key=***"),
+    Shape("json apiKey", 'venue answered 403 to {"apiKey": "AKIAZ9Y8X7W6V5U4", "side": "sell"}',
+          "AKIAZ9Y8X7W6V5U4", '"apiKey": "***"'),
+    Shape("private_key=", "signer failed: private_key=5Kb8kLf9zgWQnogidDA76MzPL6TsZZY36hW",
+          "5Kb8kLf9zgWQnogidDA76MzPL6TsZZY36hW", "private_key=***"),
+    Shape("api_secret=", "HMAC mismatch api_secret=qW3rTy7uI9oP nonce=12", "qW3rTy7uI9oP",
+          "api_secret=***"),
+    Shape("client_secret=", "oauth refresh failed client_secret=Cl13ntS3cr3tV4lu3",
+          "Cl13ntS3cr3tV4lu3", "client_secret=***"),
+    Shape("passphrase=", "exchange login passphrase=Horse-Battery-Staple-9 refused",
+          "Horse-Battery-Staple-9", "passphrase=***"),
+    Shape("secret=", "bad request secret=Sx7Hq2Lp9Zw4", "Sx7Hq2Lp9Zw4", "secret=***"),
+    Shape("token=", "ws handshake token=tOk3nV4lu3Qq1 rejected", "tOk3nV4lu3Qq1", "token=***"),
+    Shape("password=", "db refused password=Hunter2Hunter2!", "Hunter2Hunter2!", "password=***"),
+    Shape("user:password@ in a URL",
+          "cannot reach wss://trader:PaSsW0rdInUrl@rpc.example.com/ws", "PaSsW0rdInUrl",
+          "wss://***@rpc.example.com/ws"),
+)
+IDS = [shape.name for shape in SHAPES]
+POSITION = Position("pos-r", "SOL", 10.0, 100.0)
+
+
+# --- the function -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_each_shape_is_masked_and_the_rest_kept(shape: Shape) -> None:
+    assert shape.secret in shape.text
+    clean = redact(shape.text)
+    assert shape.secret not in clean
+    assert shape.kept in clean, clean
+
+
+@pytest.mark.parametrize("text", [
+    "tx 5VERv8NMvzbJMEkV8xnrLkEaWRtSz9CosKDYjCJjBRnbJLgp8uirBgmQpjKhoR4tjF3ZpRzrFmBV6UjK expired",
+    "signal_price=101.5 max_tokens=5 attempt=2",
+    "Basic authentication failed",
+    "KeyError: 'position_id'",
+    "https://api.mainnet-beta.solana.com/ returned 503",
+    "blockhash not found",
+])
+def test_what_is_not_a_secret_is_left_alone(text: str) -> None:
+    """Transaction ids, numbers and plain words an operator needs stay readable."""
+    assert redact(text) == text
+
+
+def test_shapes_mixed_in_one_text_are_all_masked() -> None:
+    """Every pair of shapes, in both orders, in one text: a rule that masks one (and so moves
+    the text) must not make another miss its secret."""
+    for first in SHAPES:
+        for second in SHAPES:
+            clean = redact(f"{first.text}; then {second.text}", None)
+            assert first.secret not in clean, (first.name, second.name, clean)
+            assert second.secret not in clean, (first.name, second.name, clean)
+
+
+def test_redaction_runs_before_truncation() -> None:
+    """A secret straddling the length bound is masked whole, not cut into a readable half."""
+    secret = "Zq8Wm3Kx7Pv2Ln5Rt9"
+    text = "x" * 490 + f" api_key={secret} and more"
+    assert text.index(secret) < 500 < text.index(secret) + len(secret)
+    clean = redact(text)
+    assert clean.endswith("...")
+    assert len(clean) <= 503
+    assert secret[:4] not in clean
+    unbounded = redact("y " * 10_000 + f"token={secret}", None)
+    assert secret not in unbounded
+    assert unbounded.endswith(f"token={MASK}")
+
+
+def test_multi_line_json_and_keypair_arrays_and_pem() -> None:
+    text = ('{\n  "secretKey": [12, 200, 7],\n  "client_secret" : "abc def"\n}\n'
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----")
+    clean = redact(text, None)
+    for secret in ("12, 200, 7", "abc def", "MIIEvQIBADANBgkq"):
+        assert secret not in clean
+    assert '"secretKey": [***]' in clean
+    assert '"client_secret" : "***"' in clean
+
+
+def test_redact_costs_microseconds_on_a_200_character_error() -> None:
+    """Measured against a control (a regex-free str method on the same text, same machine):
+    a generous multiple, so a loaded machine cannot make it flaky."""
+    text = ("RpcError: POST https://eth-mainnet.g.alchemy.com/v2/AbCdEfGhIjKlMnOpQrStUvWxYz0123"
+            " failed (status 503): upstream connect error; Authorization: Bearer abc.def.ghi")
+    runs = 2000
+    cost = min(timeit.repeat(lambda: redact(text), number=runs, repeat=3)) / runs
+    control = min(timeit.repeat(lambda: text.split(":"), number=runs, repeat=3)) / runs
+    assert cost < 400 * control, (cost, control)
+
+
+# --- the logging filter -------------------------------------------------------------------------
+
+
+def test_every_exitguard_logger_carries_the_filter() -> None:
+    """A filter sees only its own logger's records: each exitguard.* logger must carry it."""
+    for module in pkgutil.walk_packages(exitguard.__path__, "exitguard."):
+        if module.name.endswith("__main__"):
+            continue
+        importlib.import_module(module.name)
+    # The package protected the core's loggers at import; the subpackages' use get_logger.
+    loggers = logging.root.manager.loggerDict
+    names = [n for n, logger in loggers.items()  # (a PlaceHolder is a parent never made)
+             if (n == "exitguard" or n.startswith("exitguard."))
+             and isinstance(logger, logging.Logger)]
+    assert "exitguard.guard" in names
+    assert "exitguard.halt" in names
+    for name in names:
+        logger = logging.getLogger(name)
+        assert any(isinstance(f, RedactingFilter) for f in logger.filters), name
+
+
+def test_the_filter_redacts_message_arguments_and_tracebacks() -> None:
+    logger = get_logger("exitguard.test_redaction")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        logger.warning("quote failed (%s)", "https://x.io/v2/K3yInAPath0123456789")
+        try:
+            raise RuntimeError("boom password=TracebackSecret1")
+        except RuntimeError:
+            logger.exception("unexpected")
+        logger.info({"event": "a structlog dict is left alone"})
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert "K3yInAPath0123456789" not in out
+    assert "TracebackSecret1" not in out
+    assert "x.io/v2/***" in out
+    assert "password=***" in out
+    assert "RuntimeError" in out
+
+
+# --- through ExitGuard into every output -------------------------------------------------------
+
+
+@pytest.fixture
+def clean_logging() -> Iterator[None]:
+    root, core = logging.getLogger(), logging.getLogger("exitguard")
+    saved = (list(root.handlers), root.level, list(core.handlers), core.level, core.propagate)
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = saved[0], saved[1]
+    core.handlers[:], core.level, core.propagate = saved[2], saved[3], saved[4]
+
+
+def failing_exit(text: str, hooks: list[Hooks]) -> tuple[ExitOutcome, list[str]]:
+    """One exit against a venue whose quote and submit both fail with ``text``; its outcome
+    and the error texts its attempts reported to the hooks (raw)."""
+    venue = ScriptedVenue([TxPlan(send_error=InsufficientBalance(text))],
+                          price_error=RuntimeError(text))
+    recorder = RecordingHooks()
+
+    async def main() -> ExitOutcome:
+        guard = ExitGuard(venue, name="bot", hooks=[*hooks, recorder])
+        outcome = await guard.exit(POSITION, signal_price=95.0, reason="stop_loss")
+        await guard.drain()
+        return outcome
+
+    outcome = run_virtual(main())
+    errors = [report.error for name, report in recorder.events
+              if name == "attempt_finished" and report.error]
+    return outcome, errors
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.usefixtures("clean_logging")
+def test_a_venue_error_reaches_no_log_line_and_no_span(shape: Shape) -> None:
+    receiver = OtlpReceiver()
+    try:
+        provider = configure_tracing(receiver.endpoint, set_global=False, schedule_delay=0.05)
+        outputs: dict[str, str] = {}
+        for json in (True, False):
+            stream, plain = io.StringIO(), io.StringIO()
+            configure_logging(json=json, level="DEBUG", stream=stream)
+            core = logging.getLogger("exitguard")
+            handler = logging.StreamHandler(plain)
+            handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+            core.addHandler(handler)
+            try:
+                outcome, errors = failing_exit(
+                    shape.text, [LogHooks(routine_level="debug"), TracingHooks(provider)]
+                )
+            finally:
+                core.removeHandler(handler)
+            assert outcome.status is not ExitStatus.CLOSED
+            assert any(shape.secret in error for error in errors)  # it did reach the hooks
+            outputs["json logs" if json else "console logs"] = stream.getvalue()
+            outputs[f"stdlib logs ({'json' if json else 'console'} run)"] = plain.getvalue()
+        assert shutdown_tracing(provider, timeout=10)
+        spans = receiver.wait_for(lambda spans: len(spans) >= 4)
+    finally:
+        receiver.close()
+    outputs["spans"] = repr(spans)
+
+    assert "price quote failed" in outputs["stdlib logs (json run)"]  # the core did log it
+    assert "exit.finished" in outputs["json logs"]
+    assert "exit.finished" in outputs["console logs"]
+    assert any(s.status_message for s in spans)
+    for where, text in outputs.items():
+        assert shape.secret not in text, f"{shape.name}: the secret is in the {where}"
+    assert shape.kept in outputs["spans"] or MASK in outputs["spans"]
+
+
+@pytest.fixture
+def sink() -> Iterator[WebhookSink]:
+    with webhook_sink() as server:
+        yield server
+
+
+def test_a_page_carries_no_secret(sink: WebhookSink) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from exitguard.alerting.pager import Pager
+
+    reason = " ".join(shape.text for shape in SHAPES)
+    host = sink.url().partition("://")[2]
+    pager = Pager([f"json://{host}/pages"], registry=CollectorRegistry())
+    try:
+        pager.halted("bot", HaltRecord(halted=True, reason=reason,
+                                       actor="token=ActorTok3n99", at=1_700_000_000.0))
+        asyncio.run(pager.drain())
+        body = sink.wait_for_requests("/pages")[0].body.decode()
+    finally:
+        pager.close(timeout=2)
+    assert "trading halted" in body
+    for secret in [shape.secret for shape in SHAPES] + ["ActorTok3n99"]:
+        assert secret not in body, secret
+
+
+def test_the_otlp_exporters_own_log_lines_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    """The OpenTelemetry SDK logs a failed export with the collector's URL, whose query may
+    carry a key: its logger gets the same filter."""
+    from tests.support.servers import free_port
+
+    secret = "OtlpQu3ryK3y0123456789"
+    endpoint = f"http://127.0.0.1:{free_port()}/v1/traces?api_key={secret}"
+    caplog.set_level(logging.DEBUG)
+    # The timeout leaves room for a retry: the exporter logs the URL before retrying.
+    provider = configure_tracing(endpoint, set_global=False, schedule_delay=0.01, timeout=4)
+    try:
+        failing_exit("collector down", [TracingHooks(provider)])
+    finally:
+        shutdown_tracing(provider, timeout=10)
+    exporter_lines = [r for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
+    assert any("127.0.0.1" in r.getMessage() for r in exporter_lines), (
+        "the exporter did not log the URL: the test would prove nothing")
+    assert secret not in caplog.text, caplog.text
