@@ -310,6 +310,16 @@ def test_dust_below_the_amount_precision_is_refused_before_sending() -> None:
     run(main)
 
 
+def test_float_noise_in_the_remainder_does_not_leave_a_lot_unsold() -> None:
+    async def main() -> None:
+        async with loopback() as (server, _, venue):
+            remainder = 0.7 - 0.42  # 0.27999999999999997: what a remainder after fills is
+            await venue.submit(order(remainder))
+            (request,) = server.order_requests()
+            assert request["quantity"] == "0.28"  # not truncated to 0.27999 (a dust lot left)
+    run(main)
+
+
 def test_timestamp_outside_recv_window_is_not_sent_and_the_clock_is_resynced() -> None:
     async def main() -> None:
         async with loopback() as (server, exchange, venue):

@@ -398,7 +398,12 @@ class CcxtVenue:
         await self._markets()
         try:
             market = exchange.market(symbol)
-            amount = float(exchange.amount_to_precision(symbol, order.size))
+            # The remainder is the position less float fills (0.7 - 0.42 = 0.27999999999999997):
+            # ccxt truncates to the lot, so that noise alone would leave a lot unsold as dust.
+            # 12 significant digits drop it; what rounding can add (< 1e-12 of the size) is far
+            # below any exchange's lot, so it never sells more than the remainder's lots.
+            size = float(f"{order.size:.12g}")
+            amount = float(exchange.amount_to_precision(symbol, size))
         except ccxt_errors.InvalidOrder:
             amount = 0.0
         except Exception as exc:
