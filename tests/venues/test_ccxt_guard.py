@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
+import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from exitguard import ExitGuard, ExitStatus, Position, RetryPolicy
 from exitguard.errors import ErrorClass
-from exitguard.hooks import AttemptReport
+from exitguard.hooks import AttemptReport, AttemptResult
 from exitguard.outcome import ExitOutcome
 from exitguard.telemetry import instrument
 from exitguard.testing import RecordingHooks
@@ -133,7 +136,8 @@ def assert_safe(r: Rig, position: Position) -> None:
         assert looked_up, f"{client_id} was never reconciled"
         if following:
             assert looked_up[0] < following[0], f"{client_id} not reconciled before resending"
-    # The telemetry tells the exchange's story: one attempt span per order request, the
+    # The telemetry tells the exchange's story: one attempt span per attempt, each order
+    # request is an attempt's (an attempt without one was refused before sending), the
     # exit span's filled size is what the exchange sold within the exit, and a reconcile
     # event for every submission whose outcome was unknown.
     reconciled = {event.attributes.get("exitguard.tx_id")
@@ -143,7 +147,12 @@ def assert_safe(r: Rig, position: Position) -> None:
         if report.error_class in UNKNOWN:
             assert {report.tx_id, report.attempt.order.client_order_id} & reconciled
     attempts = r.spans_named("exitguard.exit.attempt")
-    assert len(attempts) == len(server.order_requests())
+    assert len(attempts) == len(r.reports())
+    requested = [q["newClientOrderId"] for q in server.order_requests()]
+    attempted = [report.attempt.order.client_order_id for report in r.reports()]
+    assert requested == [client_id for client_id in attempted if client_id in requested]
+    assert all(report.result is AttemptResult.REJECTED for report in r.reports()
+               if report.attempt.order.client_order_id not in requested)
     (exit_span,) = r.spans_named("exitguard.exit")
     assert exit_span.attributes is not None
     late = sum(fill.size for _, fill in r.guard.late_fills)
@@ -291,3 +300,42 @@ def test_a_timestamp_refusal_is_resent_with_the_same_client_order_id() -> None:
             assert first["newClientOrderId"] == second["newClientOrderId"]
     run(main)
 
+
+# -- random faults through the real guard -----------------------------------------------------
+
+#: What one order request may meet (the client times out after 0.3 s; recvWindow is 1 s).
+FAULTS: list[CreateFault | None] = [
+    None,
+    CreateFault(answer="hang"),
+    CreateFault(answer="5xx"),
+    CreateFault(reject=(429, -1003, "Too many requests.")),
+    CreateFault(delay=0.45),  # the client times out; the order is placed after that
+    CreateFault(delay=1.2),  # the client times out; refused unseen (-1021): never placed
+    CreateFault(answer="hang", invisible_for=0.8),
+    CreateFault(answer="5xx", invisible_for=0.8),
+]
+#: CCXT_GUARD_SEEDS=1,2,...,30 for a longer run.
+GUARD_SEEDS = [int(s) for s in os.environ.get("CCXT_GUARD_SEEDS", "1,2,3").split(",")]
+
+
+@pytest.mark.parametrize("seed", GUARD_SEEDS)
+def test_random_faults_through_the_guard_never_sell_more_than_held(seed: int) -> None:
+    """Whatever the exit's outcome, the exchange sold at most the position, the guard's
+    account of it (fills within the exit plus late fills) is the exchange's, and every
+    unknown submit was reconciled before the next order."""
+    async def main() -> None:
+        async with rig(deadline=6.0) as r:
+            rng = random.Random(seed)
+            for kind in rng.choices(FAULTS, k=6):  # and each order fills a random part
+                fault = CreateFault() if kind is None else dataclasses.replace(kind)
+                fault.fill = rng.choice([0.3, 0.6, 1.0])
+                r.server.create_faults.append(fault)
+            position, outcome = await exit_position(r)
+            if outcome.status is ExitStatus.UNRESOLVED:
+                assert await r.guard.drain(timeout=20.0)
+            assert_safe(r, position)
+            late = sum(fill.size for _, fill in r.guard.late_fills)
+            assert outcome.filled_size + late == pytest.approx(r.server.sold())
+            if outcome.status is ExitStatus.CLOSED:
+                assert r.server.sold() == pytest.approx(position.size)
+    run(main)
