@@ -34,10 +34,11 @@ from .pending import PendingRecord, PendingStore, SoldRecord
 from .redaction import get_logger
 from .venue import Fill, Lookup, Submission, TxStatus, Venue
 
-__all__ = ["Pending", "PositionBook", "PositionEntry"]
+__all__ = ["TIME_EPSILON", "Pending", "PositionBook", "PositionEntry"]
 
-#: Time left below this is none (asyncio runs timers due within its clock resolution at once).
-_TIME_EPSILON = 1e-6
+#: Time left below this is none: asyncio runs a timer due within its clock resolution at
+#: once, so waiting for less would spin without time passing (under a virtual clock, forever).
+TIME_EPSILON = 1e-6
 
 _log = get_logger("exitguard.guard")
 
@@ -283,7 +284,7 @@ class PositionBook:
         while entry.pending:
             for pending in tuple(entry.pending.values()):
                 left = until - loop.time()
-                if left <= _TIME_EPSILON:
+                if left <= TIME_EPSILON:
                     return
                 if pending.submission.tx_id not in entry.pending:
                     continue
@@ -291,7 +292,7 @@ class PositionBook:
                 if lookup is not None:
                     answer(pending, lookup)
             left = until - loop.time()
-            if not entry.pending or left <= _TIME_EPSILON:
+            if not entry.pending or left <= TIME_EPSILON:
                 return
             await asyncio.sleep(min(interval, left))
             interval = min(interval * 2, self.max_reconcile_interval)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._validate import is_finite
-from .book import Pending, PositionBook, PositionEntry
+from .book import TIME_EPSILON, Pending, PositionBook, PositionEntry
 from .breaker import CircuitBreaker, Permit
 from .calls import VenueCalls
 from .clock import wall_time
@@ -80,9 +80,6 @@ DID_NOT_LAND = frozenset(
     {ErrorClass.TX_EXPIRED, ErrorClass.SLIPPAGE_EXCEEDED, ErrorClass.INSUFFICIENT_BALANCE,
      ErrorClass.INVALID_ACCOUNT}
 )
-#: Time left below this is none: asyncio runs a timer due within its clock resolution at
-#: once, so waiting for less would spin without time passing (under a virtual clock, forever).
-TIME_EPSILON = 1e-6
 #: Submit errors that prove the order never left: a definite rejection.
 NOT_SENT = DID_NOT_LAND | {ErrorClass.NOT_SENT}
 

@@ -260,6 +260,14 @@ class ExitGuard:
             _log.warning("closed with %d submission(s) that may still land: %s", len(left),
                          ", ".join(left))
 
+    def _store_unreadable(self, exc: BaseException) -> None:
+        """Counted, and entries halted (if a halt is configured): what an earlier process
+        left may still land and cannot be known."""
+        self.faults.add(FaultSource.PENDING_STORE)
+        if self.halt is not None:
+            self.halt.halt(f"pending store unreadable: {describe_error(exc)}",
+                           actor="pending_store")
+
     async def resume_pending(self) -> int:
         """After a restart: take over what the pending store holds for this guard and
         reconcile it in the background (a landing is a late fill and is subtracted from the
@@ -270,10 +278,7 @@ class ExitGuard:
         try:
             taken = self.book.load()
         except Exception as exc:
-            self.faults.add(FaultSource.PENDING_STORE)
-            if self.halt is not None:
-                self.halt.halt(f"pending store unreadable: {describe_error(exc)}",
-                               actor="pending_store")
+            self._store_unreadable(exc)
             raise
         for entry in self.book.entries():
             if entry.active is None:
@@ -303,12 +308,9 @@ class ExitGuard:
         try:
             entry = self.book.entry(position.id)
         except Exception as exc:  # the store cannot be read: exit anyway, say it loudly
-            self.faults.add(FaultSource.PENDING_STORE)
             _log.error("pending store unreadable (%s): exiting %s without what an earlier"
                        " process recorded", describe_error(exc), position.id)
-            if self.halt is not None:
-                self.halt.halt(f"pending store unreadable: {describe_error(exc)}",
-                               actor="pending_store")
+            self._store_unreadable(exc)
             self.book.mark_loaded()
             entry = self.book.entry(position.id)
         if entry.active is not None:
