@@ -83,6 +83,10 @@ quote's ``outAmount`` stands in, and the swap's real output is at least ``min_ou
 ``lastValidBlockHeight`` (about 60-90 s on mainnet) decides when a transaction can no
 longer land, so give the guard a ``deadline`` above that. Long positions only (selling
 ``input_mint`` for ``output_mint``); a short raises ``UnsupportedOrder``.
+
+Why one module of about 900 lines: one venue, whose resend rule (the block height against
+``lastValidBlockHeight``), error table and fill reading only make sense side by side; most of
+the length is this docstring and the error mapping.
 """
 
 from __future__ import annotations
