@@ -261,7 +261,8 @@ def test_decorator_records_an_exit_per_call(kit: Kit) -> None:
     run_virtual(main())
     samples = kit.samples()
     assert samples[(cat.EXITS.name, (("guard", "bot"), ("outcome", "closed")))] == 1
-    assert samples[(cat.EXITS.name, (("guard", "bot"), ("outcome", "failed")))] == 1
+    # A timed-out call may have placed the order: it may still land (the guard's rule).
+    assert samples[(cat.EXITS.name, (("guard", "bot"), ("outcome", "unresolved")))] == 1
     assert samples[(cat.EXITS_FIRST_ATTEMPT.name, (("guard", "bot"),))] == 1
     assert samples[(cat.EXIT_ATTEMPTS.name, (("guard", "bot"), ("mode", "market"),
                                              ("result", "filled")))] == 1
