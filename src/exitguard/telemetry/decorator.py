@@ -31,7 +31,8 @@ from ..errors import ErrorClass
 from ..hooks import AttemptResult, Hooks
 from ..venue import OrderMode, Position
 from ._returned import EXPECTED, ExitResultWarning, Returned, read_returned
-from .tracker import TrackedAttempt, TrackedExit, _number, _renamed, track_exit
+from .attempt import TrackedAttempt, _number
+from .tracker import TrackedExit, _renamed, track_exit
 
 __all__ = ["instrumented_exit"]
 

@@ -41,7 +41,8 @@ price or ccxt order dict gives the figures; an exception is a failed exit and pr
 
 This module is the one import for all of it; each concern lives in its own module:
 ``hookset`` (building the hooks, ``instrument``, the drop-in's default hooks), ``tracker``
-(``track_exit``: the exit's books in the core's ``ExitLedger``), ``decorator``
+(``track_exit``: the exit's books in the core's ``ExitLedger``), ``attempt`` (one
+submission and what its end means), ``decorator``
 (``@instrumented_exit``, sync and async) and ``_returned`` (reading what an exit function
 returned: fills, prices, ccxt orders).
 """
