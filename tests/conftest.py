@@ -21,6 +21,7 @@ from tests.support.logs import LogRecords
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from tests.support.dropin import Kit
     from tests.support.otlp_receiver import OtlpReceiver
     from tests.support.servers import WebhookSink
 
@@ -43,6 +44,14 @@ def logs() -> Iterator[LogRecords]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+@pytest.fixture
+def kit() -> Kit:
+    """Telemetry hooks on a private registry and in-memory spans (the drop-in tests)."""
+    from tests.support.dropin import Kit
+
+    return Kit()
 
 
 @pytest.fixture

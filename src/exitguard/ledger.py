@@ -71,14 +71,20 @@ class ExitLedger:
 
     ``sold_before`` is what earlier exits of the same position id already sold: the guard
     keeps it across exits, so a re-exit sells only what is really still held.
+
+    ``unpriced`` is what was sold at a price nobody reported (only the drop-in tracker has
+    such sales: a bot may say "5 sold" without a price). It counts in the filled size and the
+    remainder, and an exit with any of it has no average price, slippage or amplification:
+    a figure computed from part of the sales would pass for the whole exit's.
     """
 
-    __slots__ = ("fills", "position", "remaining", "sold_before")
+    __slots__ = ("fills", "position", "remaining", "sold_before", "unpriced")
 
     def __init__(self, position: Position, sold_before: float = 0.0) -> None:
         self.position = position
         self.sold_before = sold_before
         self.fills: list[Fill] = []
+        self.unpriced = 0.0
         self.remaining = self._left(position.size - sold_before)
 
     def _left(self, remaining: float) -> float:
@@ -86,11 +92,16 @@ class ExitLedger:
 
     @property
     def filled(self) -> float:
-        return sum(fill.size for fill in self.fills)
+        return sum(fill.size for fill in self.fills) + self.unpriced
 
     def add(self, fill: Fill) -> None:
         self.fills.append(fill)
         self.remaining = self._left(self.remaining - fill.size)
+
+    def add_unpriced(self, size: float) -> None:
+        """``size`` was sold at a price nobody reported."""
+        self.unpriced += size
+        self.remaining = self._left(self.remaining - size)
 
     def outcome(
         self,
@@ -109,6 +120,8 @@ class ExitLedger:
     ) -> ExitOutcome:
         fills = tuple(self.fills)
         filled, avg, slippage, amplification = exit_figures(self.position, fills, signal_price)
+        if self.unpriced > 0:
+            filled, avg, slippage, amplification = filled + self.unpriced, None, None, None
         return ExitOutcome(
             status=status,
             position=self.position,

@@ -22,41 +22,15 @@ from exitguard.telemetry import (
     PrometheusHooks,
     TracingHooks,
     current_exit,
-    hooks,
     instrument,
     instrumented_exit,
     track_exit,
 )
 from exitguard.testing import ScriptedVenue, TxPlan, run_virtual
 from tests.support import REPO
-from tests.support.tracing import in_memory_tracing
+from tests.support.dropin import Kit
 
 POSITION = Position("pos-9", "SOL", 10.0, 100.0)
-
-
-class Kit:
-    """A private registry, an in-memory span exporter, and the three hooks on them."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.provider, self.exporter = in_memory_tracing()
-        self.hooks = hooks(registry=self.registry, tracer_provider=self.provider)
-
-    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        out = {}
-        for family in self.registry.collect():
-            for s in family.samples:
-                if not s.name.endswith("_created") and s.value:
-                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-
-@pytest.fixture
-def kit() -> Kit:
-    return Kit()
 
 
 def comparable(samples: dict[Any, float]) -> dict[Any, float]:
@@ -261,7 +235,8 @@ def test_decorator_records_an_exit_per_call(kit: Kit) -> None:
     run_virtual(main())
     samples = kit.samples()
     assert samples[(cat.EXITS.name, (("guard", "bot"), ("outcome", "closed")))] == 1
-    assert samples[(cat.EXITS.name, (("guard", "bot"), ("outcome", "failed")))] == 1
+    # A timed-out call may have placed the order: it may still land (the guard's rule).
+    assert samples[(cat.EXITS.name, (("guard", "bot"), ("outcome", "unresolved")))] == 1
     assert samples[(cat.EXITS_FIRST_ATTEMPT.name, (("guard", "bot"),))] == 1
     assert samples[(cat.EXIT_ATTEMPTS.name, (("guard", "bot"), ("mode", "market"),
                                              ("result", "filled")))] == 1

@@ -14,7 +14,8 @@ the core never imports this package. One call instruments a guard::
 or at construction: ``ExitGuard(venue, hooks=telemetry.hooks(traces=False))``.
 
 Bots that keep their own exit code get the same metrics, spans and logs with
-``track_exit`` (an async context manager) or ``@instrumented_exit`` (a decorator): see
+``track_exit`` (a context manager, ``with`` or ``async with``) or ``@instrumented_exit`` (a
+decorator for ``def`` and ``async def``): see
 ``exitguard.telemetry.instrument`` and docs/instrumentation.md.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 from ..redaction import redact
 from ._context import current_span_ids, current_trace_id
 from .instrument import (
+    ExitResultWarning,
     Instrumentation,
     TrackedAttempt,
     TrackedExit,
@@ -44,6 +46,7 @@ hooks = make_hooks
 __all__ = [
     "REGISTERED_METRICS",
     "CountingSpanExporter",
+    "ExitResultWarning",
     "Instrumentation",
     "LogHooks",
     "MetricsServer",
