@@ -26,7 +26,7 @@ from exitguard.breaker import BreakerState
 from exitguard.halt import HaltRecord
 from exitguard.hooks import SafeHooks
 from tests.support.alerting import RUNBOOKS, github_anchors
-from tests.support.servers import WebhookSink
+from tests.support.servers import Received, WebhookSink
 
 SLACK_SECRET = "SlackS3cretTok3nXYZ"
 DISCORD_SECRET = "DiscordS3cretTok3n-abc"
@@ -66,6 +66,12 @@ def make_pager(registry: CollectorRegistry) -> Iterator[Callable[..., Pager]]:
         pager.close(timeout=2)
 
 
+def shown(received: Received) -> str:
+    """The page's text as the service shows it: Discord drops the backslash before a
+    markdown character (the pager escapes them in Discord pages)."""
+    return re.sub(r"\\([\\*_~`|>#\[\]()])", r"\1", received.text)
+
+
 def sent(registry: CollectorRegistry, guard: str, channel: str, result: str) -> float:
     value = registry.get_sample_value(
         catalogue.ALERTS_SENT.name, {"guard": guard, "channel": channel, "result": result}
@@ -99,7 +105,7 @@ def test_a_trip_pages_slack_and_discord(
     assert discord[0].path.startswith(f"/discord/{DISCORD_ID}/{DISCORD_SECRET}")
     assert "attachments" in slack[0].json() or "blocks" in slack[0].json()
     assert "content" in discord[0].json() or "embeds" in discord[0].json()
-    for body in (slack[0].text, discord[0].text):
+    for body in (shown(slack[0]), shown(discord[0])):
         assert "circuit breaker open (guard g1, breaker venue)" in body  # the title
         assert "Circuit breaker 'venue' of guard 'g1' opened (closed → open)" in body
         for line in ("guard: g1", "breaker: venue", "event: breaker_open",
@@ -119,7 +125,7 @@ def test_a_halt_pages_with_reason_actor_and_time(
                                   at=at))
     asyncio.run(pager.drain())
     for prefix in ("/slack", "/discord"):
-        body = services.wait_for_requests(prefix)[0].text
+        body = shown(services.wait_for_requests(prefix)[0])
         for line in ("trading halted (guard g1)", "event: halted",
                      "reason: breaker venue opened", "actor: breaker",
                      "at: 2023-11-14T22:13:20Z", "exitguard halt resume --approver",
@@ -136,7 +142,7 @@ def test_a_halt_that_could_not_be_saved_pages_with_its_error(
     pager(HaltNotSaved("g1", "cannot write halt store: No space left on device"))
     asyncio.run(pager.drain())
     for prefix in ("/slack", "/discord"):
-        body = services.wait_for_requests(prefix)[0].text
+        body = shown(services.wait_for_requests(prefix)[0])
         for line in ("halt state not saved (guard g1)", "event: halt_not_saved",
                      "No space left on device", "a restart would lose it"):
             assert line in body, (line, body)
@@ -230,7 +236,7 @@ def test_a_storm_of_trips_sends_one_page_per_interval_and_counts_the_rest(
     assert len(digest) == 1
     assert "suppressed: 49 more breaker_open event(s) for guard g1" in digest[0].text
     assert "Still happening: Circuit breaker 'venue' of guard 'g1'" in digest[0].text
-    services.wait_for_requests("/discord", where=lambda r: "49 more breaker_open" in r.text)
+    services.wait_for_requests("/discord", where=lambda r: "49 more breaker_open" in shown(r))
     assert sent(registry, "g1", "slack", "sent") == 3
 
 

@@ -54,7 +54,7 @@ from ..events import (
     Retry,
 )
 from ..outcome import ExitOutcome, ExitStatus
-from ..redaction import get_logger, redact
+from ..redaction import get_logger, protect_third_party_loggers, redact
 from ..state_machine import TransitionRecord
 from ._export_failures import TRACE_EXPORT_FAILURES
 
@@ -429,7 +429,10 @@ def configure_tracing(
     ``endpoint``: the collector, ``http://host:4318`` (``/v1/traces`` is appended) or the
     full traces URL. None reads ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
     ``OTEL_EXPORTER_OTLP_ENDPOINT``; with neither, spans are still created (trace ids for
-    exemplars and logs) but not exported. ``exporter`` replaces the OTLP exporter (tests,
+    exemplars and logs) but not exported. The collector's credentials belong in
+    ``OTEL_EXPORTER_OTLP_HEADERS`` (or ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``), which the
+    exporter sends with every request; whatever is logged about the endpoint (by exitguard,
+    the exporter, urllib3) is redacted. ``exporter`` replaces the OTLP exporter (tests,
     benchmarks). Either way it is wrapped in ``CountingSpanExporter``: a collector outage
     is logged once (and its recovery), and each failed batch is counted. ``timeout``
     (seconds) bounds each export, retries included; exports run on the
@@ -469,6 +472,9 @@ def configure_tracing(
             )
 
             exporter = OTLPSpanExporter(endpoint=url, timeout=float(timeout))
+            # Its loggers, urllib3's and requests' exist now: their lines (a failed export,
+            # a retry) quote the collector's URL, whose userinfo or query may be a key.
+            protect_third_party_loggers()
     if exporter is not None:
         provider.add_span_processor(
             BatchSpanProcessor(
