@@ -26,6 +26,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -401,13 +402,14 @@ class CountingSpanExporter(SpanExporter):
 
 
 def _traces_url(endpoint: str) -> str:
-    """``http://host:4318`` -> ``http://host:4318/v1/traces``; a full URL is kept."""
+    """``http://host:4318`` -> ``http://host:4318/v1/traces`` (a query is kept after the
+    path); a URL with a path is kept."""
     endpoint = endpoint.strip()
     if "://" not in endpoint:
         endpoint = f"http://{endpoint}"
-    scheme, rest = endpoint.split("://", 1)
-    if "/" not in rest or (rest.endswith("/") and rest.count("/") == 1):
-        return f"{scheme}://{rest.rstrip('/')}/v1/traces"
+    parts = urlsplit(endpoint)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/v1/traces"))
     return endpoint
 
 
