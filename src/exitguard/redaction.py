@@ -1,4 +1,5 @@
-"""Secrets out of every text exitguard writes: one function, one logging filter.
+"""Secrets out of every text exitguard writes: one function, one logging filter; and the
+escape that keeps untrusted text from forging lines on a terminal.
 
 Venue errors quote what the venue's client had in hand: the RPC URL (whose path or query
 holds the provider's API key), request headers (``Authorization: Bearer ...``), JSON bodies
@@ -25,6 +26,14 @@ credential(s) or cookie (``api-key``, ``apiKey``, ``private_key``, ``api_secret`
 Deliberately not masked: bare hex or base58 strings outside a URL. They look like keys but
 are, far more often, transaction ids and signatures, which an operator needs to reconcile.
 
+Other libraries log URLs too (urllib3's "Failed to parse headers (url=...)", its retry
+warnings, the OpenTelemetry exporter's failed exports): :func:`protect_loggers` is called on
+their logger trees (:data:`THIRD_PARTY_LOGGERS`) by the modules that use them.
+
+:func:`escape_controls` is the other half of a safe line: text from a venue, a halt file or
+a page can hold ``\n`` (a forged log line) or terminal escape sequences (hidden or rewritten
+output); wherever such text meets a terminal it is written with those characters escaped.
+
 Standard library only: the core uses it.
 """
 
@@ -33,7 +42,16 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["DEFAULT_LIMIT", "MASK", "RedactingFilter", "get_logger", "protect_loggers", "redact"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MASK",
+    "THIRD_PARTY_LOGGERS",
+    "RedactingFilter",
+    "escape_controls",
+    "get_logger",
+    "protect_loggers",
+    "redact",
+]
 
 #: What a secret is replaced by.
 MASK = "***"
@@ -298,3 +316,36 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+#: The logger trees of other libraries whose records may quote a URL with its key or a
+#: request's headers: urllib3 (``urllib3.connection`` logs the whole URL of a response with
+#: malformed headers; ``urllib3.connectionpool`` its retries), requests, the OpenTelemetry
+#: SDK and exporters (a failed export names the collector's URL), apprise.
+THIRD_PARTY_LOGGERS = ("urllib3", "requests", "opentelemetry", "apprise")
+
+
+def protect_third_party_loggers() -> None:
+    """:func:`protect_loggers` on each of :data:`THIRD_PARTY_LOGGERS` (the loggers that
+    exist now: call it after importing the library)."""
+    for root in THIRD_PARTY_LOGGERS:
+        protect_loggers(root)
+
+
+# Every C0 control character, DEL and the C1 range (ESC and CSI start terminal sequences);
+# U+2028/U+2029 (line breaks to some terminals and editors) and the bidirectional overrides
+# (U+202A-U+202E, U+2066-U+2069: text displayed in another order than it reads).
+_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F),
+             *range(0x2066, 0x206A))
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in _CONTROLS}
+_ESCAPES_KEEP_LINES = {c: e for c, e in _ESCAPES.items() if c not in (0x0A, 0x09)}
+
+
+def escape_controls(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``,
+    ``\\u2028``): one line that cannot move the cursor, clear the screen, set the title or
+    write the clipboard. ``keep_lines`` keeps newlines and tabs (a traceback), escaping the
+    rest."""
+    if text.isprintable():
+        return text
+    return text.translate(_ESCAPES_KEEP_LINES if keep_lines else _ESCAPES)

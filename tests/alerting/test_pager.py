@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apprise.plugins.discord import NotifyDiscord
@@ -26,7 +27,7 @@ from exitguard.breaker import BreakerState
 from exitguard.halt import HaltRecord
 from exitguard.hooks import SafeHooks
 from tests.support.alerting import RUNBOOKS, github_anchors
-from tests.support.servers import WebhookSink
+from tests.support.servers import Received, WebhookSink
 
 SLACK_SECRET = "SlackS3cretTok3nXYZ"
 DISCORD_SECRET = "DiscordS3cretTok3n-abc"
@@ -66,6 +67,12 @@ def make_pager(registry: CollectorRegistry) -> Iterator[Callable[..., Pager]]:
         pager.close(timeout=2)
 
 
+def shown(received: Received) -> str:
+    """The page's text as the service shows it: Discord drops the backslash before a
+    markdown character (the pager escapes them in Discord pages)."""
+    return re.sub(r"\\([\\*_~`|>#\[\]()])", r"\1", received.text)
+
+
 def sent(registry: CollectorRegistry, guard: str, channel: str, result: str) -> float:
     value = registry.get_sample_value(
         catalogue.ALERTS_SENT.name, {"guard": guard, "channel": channel, "result": result}
@@ -99,7 +106,7 @@ def test_a_trip_pages_slack_and_discord(
     assert discord[0].path.startswith(f"/discord/{DISCORD_ID}/{DISCORD_SECRET}")
     assert "attachments" in slack[0].json() or "blocks" in slack[0].json()
     assert "content" in discord[0].json() or "embeds" in discord[0].json()
-    for body in (slack[0].text, discord[0].text):
+    for body in (shown(slack[0]), shown(discord[0])):
         assert "circuit breaker open (guard g1, breaker venue)" in body  # the title
         assert "Circuit breaker 'venue' of guard 'g1' opened (closed → open)" in body
         for line in ("guard: g1", "breaker: venue", "event: breaker_open",
@@ -119,7 +126,7 @@ def test_a_halt_pages_with_reason_actor_and_time(
                                   at=at))
     asyncio.run(pager.drain())
     for prefix in ("/slack", "/discord"):
-        body = services.wait_for_requests(prefix)[0].text
+        body = shown(services.wait_for_requests(prefix)[0])
         for line in ("trading halted (guard g1)", "event: halted",
                      "reason: breaker venue opened", "actor: breaker",
                      "at: 2023-11-14T22:13:20Z", "exitguard halt resume --approver",
@@ -136,7 +143,7 @@ def test_a_halt_that_could_not_be_saved_pages_with_its_error(
     pager(HaltNotSaved("g1", "cannot write halt store: No space left on device"))
     asyncio.run(pager.drain())
     for prefix in ("/slack", "/discord"):
-        body = services.wait_for_requests(prefix)[0].text
+        body = shown(services.wait_for_requests(prefix)[0])
         for line in ("halt state not saved (guard g1)", "event: halt_not_saved",
                      "No space left on device", "a restart would lose it"):
             assert line in body, (line, body)
@@ -230,7 +237,7 @@ def test_a_storm_of_trips_sends_one_page_per_interval_and_counts_the_rest(
     assert len(digest) == 1
     assert "suppressed: 49 more breaker_open event(s) for guard g1" in digest[0].text
     assert "Still happening: Circuit breaker 'venue' of guard 'g1'" in digest[0].text
-    services.wait_for_requests("/discord", where=lambda r: "49 more breaker_open" in r.text)
+    services.wait_for_requests("/discord", where=lambda r: "49 more breaker_open" in shown(r))
     assert sent(registry, "g1", "slack", "sent") == 3
 
 
@@ -414,3 +421,152 @@ def test_webhook_secrets_never_leak(
     assert any("***" in r.getMessage() for r in caplog.records
                if r.name.startswith(("apprise", "urllib3")))
     assert re.search(r"#2 \(discord\)|#2 discord", caplog.text)
+
+
+# --- pages that cannot be hijacked ------------------------------------------------------------
+
+#: A halt reason as an attacker would write it (into a venue's error text or a corrupt pending
+#: file the reason quotes): mentions, a masked link, a forged line, terminal escapes, and far
+#: more than Discord's 2,000 characters.
+HOSTILE = (
+    "@everyone @here <@123456789012345678> <@&987654321098765432> <!channel> "
+    "[Resume trading now](https://evil.example/resume) **all clear** ||hidden|| "
+    "\x1b[2Jfake\r\nTRADING: allowed\u202e " + "padding " * 400
+)
+
+
+def discord_payloads(services: WebhookSink) -> list[dict[str, Any]]:
+    return [r.json() for r in services.wait_for_requests("/discord")]
+
+
+def test_a_hostile_halt_reason_cannot_ping_link_forge_or_drop_the_discord_page(
+    services: WebhookSink, make_pager: Callable[..., Pager], registry: CollectorRegistry
+) -> None:
+    """Through apprise's real Discord plugin to the local sink: the payload pings nobody,
+    links nowhere, stays one line per field and under 2,000 characters, and is sent."""
+    pager = make_pager((DISCORD_URL,))
+    pager.halted("g1", HaltRecord(halted=True, reason=HOSTILE, actor="@everyone",
+                                  at=1_700_000_000.0))
+    pager.breaker_transition("g1", "[x](https://evil.example)", CLOSED, OPEN)
+    asyncio.run(pager.drain())
+    payloads = discord_payloads(services)
+    assert len(payloads) == 2
+    assert sent(registry, "g1", "discord", "sent") == 2  # the critical page went out
+    for payload in payloads:
+        content = payload["content"]
+        assert payload["allowed_mentions"] == {"parse": []}
+        assert "allow_mentions" not in payload
+        assert len(content) < 2000
+        assert "#exitguard" in content  # the runbook link survives the cut
+        # No mention Discord would parse, no masked link, no markup from the reason.
+        assert not re.search(r"@(everyone|here)|<@&?\d+>|<!channel>", content), content
+        assert not re.search(r"\]\(", content)
+        assert "**all clear**" not in content
+        assert "||hidden||" not in content
+        assert "\x1b" not in content
+        assert "\u202e" not in content
+    halt_page = next(p["content"] for p in payloads if "trading halted" in p["content"])
+    reason_line = next(line for line in halt_page.splitlines() if line.startswith("reason: "))
+    assert "TRADING: allowed" in reason_line  # the forged line stays inside the reason's line
+    assert not any(line.startswith("TRADING") for line in halt_page.splitlines())
+    assert halt_page.count("Resume trading now") == 1  # said once, not in the headline too
+    assert "exitguard halt resume" in halt_page
+
+
+def test_a_long_reason_is_capped_on_every_channel(
+    services: WebhookSink, make_pager: Callable[..., Pager], registry: CollectorRegistry
+) -> None:
+    pager = make_pager()
+    pager.halted("g" * 500, HaltRecord(halted=True, reason="x" * 5000, actor="a" * 500,
+                                       at=1_700_000_000.0))
+    asyncio.run(pager.drain())
+    for prefix in ("/slack", "/discord"):
+        body = services.wait_for_requests(prefix)[0].text
+        assert len(body) < 2000, (prefix, len(body))
+        assert "xxxxxxxx" in body
+        assert "#exitguardtradinghalted" in body
+    assert sent(registry, "g" * 500, "discord", "sent") == 1
+
+
+def test_mentions_configured_in_the_url_are_the_only_ones_allowed(
+    services: WebhookSink, make_pager: Callable[..., Pager]
+) -> None:
+    """An operator who asked for their on-call role to be pinged (``ping=``) still is; the
+    page's own text pings nobody."""
+    pager = make_pager((f"{DISCORD_URL}?ping=<@%26555555555555555555>",))
+    pager.halted("g1", HaltRecord(halted=True, reason="@everyone <@1234567890123456>",
+                                  actor="a", at=1_700_000_000.0))
+    asyncio.run(pager.drain())
+    (payload,) = discord_payloads(services)
+    assert payload["allowed_mentions"] == {"parse": [], "roles": ["555555555555555555"]}
+    assert "<@&555555555555555555>" in payload["content"]
+    assert "<@1234567890123456>" not in payload["content"]
+
+
+# --- other libraries' log lines ---------------------------------------------------------------
+
+
+@pytest.fixture
+def malformed_headers() -> Iterator[str]:
+    """A webhook endpoint answering with a header line that has no colon: urllib3 logs
+    "Failed to parse headers (url=...)" with the whole URL on ``urllib3.connection``."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    declared = re.search(rb"(?i)content-length: *(\d+)", head)
+                    length = int(declared.group(1)) if declared else 0
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 204 No Content\r\nX-Ok: 1\r\n"
+                                 b"this header line has no colon\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_urllib3_connection_never_logs_the_webhook_url(
+    malformed_headers: str, make_pager: Callable[..., Pager], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "MalformedHeaderS3cret77"
+    monkeypatch.setattr(NotifyDiscord, "notify_url", f"http://{malformed_headers}/discord")
+    caplog.set_level(logging.DEBUG)
+    pager = make_pager((f"json://{malformed_headers}/hooks/{secret}",
+                        f"discord://{DISCORD_ID}/{secret}"))
+    trip(pager)
+    asyncio.run(pager.drain())
+    complaints = [r for r in caplog.records
+                  if r.name == "urllib3.connection" and "Failed to parse headers" in r.getMessage()]
+    assert len(complaints) >= 2, "urllib3 did not complain: the test would prove nothing"
+    assert all("***" in r.getMessage() for r in complaints)
+    assert secret not in caplog.text
+    assert DISCORD_ID not in caplog.text

@@ -590,7 +590,19 @@ def test_serve_on_a_port_in_use_exits_2(tmp_path: Path) -> None:
     assert len(errors) == 1, done.stderr
     assert str(port) in errors[0]
     assert "in use" in errors[0]
+    assert "pass --port 0 for a free one" in errors[0]  # the CLI's words, not the library's
+    assert "port=0" not in errors[0]
     assert "Traceback" not in done.stderr
+
+
+def test_serve_metrics_tells_library_users_the_keyword() -> None:
+    from exitguard.telemetry import serve_metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match=r"pass port=0 for a free one"):
+            serve_metrics(port=taken.getsockname()[1])
 
 
 def test_serve_on_an_address_that_cannot_be_bound_exits_2(tmp_path: Path) -> None:

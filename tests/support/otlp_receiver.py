@@ -99,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             self.send_error(400, "not an ExportTraceServiceRequest")
             return
-        receiver._add(request, self.headers.get("Content-Type", ""))
+        receiver._add(request, self.headers.get("Content-Type", ""), dict(self.headers))
         payload = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -123,6 +123,7 @@ class OtlpReceiver:
         self.delay = delay
         self.requests = 0
         self.content_types: list[str] = []
+        self.headers: list[dict[str, str]] = []  # each export request's HTTP headers
         self._spans: list[ReceivedSpan] = []
         self._changed = threading.Condition()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -135,7 +136,8 @@ class OtlpReceiver:
         )
         self._thread.start()
 
-    def _add(self, request: ExportTraceServiceRequest, content_type: str) -> None:
+    def _add(self, request: ExportTraceServiceRequest, content_type: str,
+             headers: dict[str, str] | None = None) -> None:
         spans: list[ReceivedSpan] = []
         for resource_spans in request.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
@@ -161,6 +163,7 @@ class OtlpReceiver:
         with self._changed:
             self.requests += 1
             self.content_types.append(content_type)
+            self.headers.append(headers or {})
             self._spans.extend(spans)
             self._changed.notify_all()
 

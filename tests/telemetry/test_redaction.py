@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import io
+import json
 import logging
+import os
 import pkgutil
+import subprocess
+import sys
 import timeit
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import structlog
@@ -312,3 +317,73 @@ def test_the_otlp_exporters_own_log_lines_are_redacted(caplog: pytest.LogCapture
     assert any("127.0.0.1" in r.getMessage() for r in exporter_lines), (
         "the exporter did not log the URL: the test would prove nothing")
     assert secret not in caplog.text, caplog.text
+
+
+# --- OTLP endpoint credentials ------------------------------------------------------------------
+
+OTLP_PASSWORD, OTLP_KEY = "OtlpPa55word9", "OtlpQu3ryKey42"
+
+
+def test_collector_credentials_come_from_the_standard_otel_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT names the collector and OTEL_EXPORTER_OTLP_HEADERS its
+    credentials: sent with each export, never on a command line."""
+    with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS",
+                           f"authorization=Bearer%20{OTLP_KEY},x-team=risk")
+        provider = configure_tracing(None, set_global=False, schedule_delay=0.05)
+        try:
+            failing_exit("collector test", [TracingHooks(provider)])
+        finally:
+            assert shutdown_tracing(provider, timeout=10)
+        receiver.wait_for(lambda spans: len(spans) >= 1)
+        headers = {k.lower(): v for k, v in receiver.headers[0].items()}
+    assert headers["authorization"] == f"Bearer {OTLP_KEY}"
+    assert headers["x-team"] == "risk"
+
+
+def test_the_cli_refuses_credentials_in_otlp_endpoint_without_echoing_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from exitguard.cli import main
+
+    for endpoint in (f"http://user:{OTLP_PASSWORD}@127.0.0.1:4318",
+                     f"http://127.0.0.1:4318/v1/traces?api_key={OTLP_KEY}"):
+        assert main(["demo", "--serve", "--port", "0", "--duration", "0.1",
+                     "--otlp-endpoint", endpoint]) == 2
+        captured = capsys.readouterr()
+        assert "OTEL_EXPORTER_OTLP_HEADERS" in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+        for secret in (OTLP_PASSWORD, OTLP_KEY):
+            assert secret not in captured.err + captured.out
+
+
+def test_an_endpoint_with_credentials_from_the_environment_is_never_printed(
+    tmp_path: Path,
+) -> None:
+    """``demo --serve`` with the collector (down) named by OTEL_EXPORTER_OTLP_ENDPOINT with a
+    password and a key in it: the banner, exitguard's lines and the OpenTelemetry SDK's and
+    urllib3's own retry lines name the collector without them."""
+    from tests.support.servers import free_port
+
+    port = free_port()  # nothing listens: every export fails and is retried, and logged
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EXITGUARD_PAGER", "OTEL_"))}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = (
+        f"http://trader:{OTLP_PASSWORD}@127.0.0.1:{port}/?api_key={OTLP_KEY}")
+    result = subprocess.run(
+        [sys.executable, "-m", "exitguard", "demo", "--serve", "--port", "0", "--duration", "8"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    text = result.stdout + result.stderr
+    banner = next(line["event"] for line in lines if "--serve: metrics on" in line["event"])
+    assert f"traces to http://***@127.0.0.1:{port}/?api_key=***" in banner
+    # Not vacuous: the exporter did fail and say so, naming the collector.
+    sdk = [line for line in lines if line.get("logger", "").startswith("opentelemetry")]
+    assert any(str(port) in line["event"] for line in sdk), sdk
+    for secret in (OTLP_PASSWORD, OTLP_KEY):
+        assert secret not in text

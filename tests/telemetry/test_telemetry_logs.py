@@ -230,6 +230,35 @@ def test_console_output_for_humans() -> None:
         json.loads(text.splitlines()[0])
 
 
+#: A venue error that tries to forge a line and rewrite the terminal (clear the screen,
+#: set the title, write the clipboard through OSC 52).
+FORGING = ("quote down\n2026-01-01T00:00:00.000000Z [critical ] trading.resumed"
+           "     approver=alice\r\x1b[2J\x1b]0;ok\x07\x1b]52;c;cm0gLXJmIH4=\x07\u2028done")
+
+
+@pytest.mark.parametrize("stdlib", [False, True], ids=["native", "stdlib"])
+def test_console_lines_cannot_be_forged_by_venue_text(stdlib: bool) -> None:
+    """Each record is one console line: a venue's "\\n" or escape sequence is written
+    escaped, in exitguard's events, the core's records and other libraries' records."""
+    logging.getLogger().handlers[:] = []  # a process where nothing else set logging up
+    stream = io.StringIO()
+    configure_logging(json=False, level="INFO", stream=stream, stdlib=stdlib)
+    venue = ScriptedVenue([TxPlan(send_error=OrderNotSent(FORGING)), TxPlan()], price=95.0,
+                          price_error=ConnectionError(FORGING))
+    traced_guard_run(venue, log_hooks=LogHooks())
+    logging.getLogger("urllib3.connectionpool").warning("Retrying after %s", FORGING)
+    text = stream.getvalue()
+    assert "quote down" in text  # the venue's text did reach the console
+    lines = text.splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines), text
+    assert not any(c in text for c in "\x1b\x07\r\u2028"), text
+    assert "\\n2026-01-01" in text
+    assert "\\x1b[2J" in text
+    # One line per record: the core's quote warning, the failed attempt, the bot's line.
+    assert sum("price quote failed" in line for line in lines) == 1
+    assert sum("Retrying after" in line for line in lines) == 1
+
+
 def test_one_log_hooks_follows_every_reconfiguration() -> None:
     # The exit's logger is reused while structlog's configuration stays, rebuilt when it
     # changes: each exit goes where the configuration of its start says.

@@ -14,8 +14,17 @@ hurt an exit, so:
 * results are counted in ``exitguard_alerts_sent_total{guard, channel, result}``, where
   ``channel`` is the apprise service kind (``slack``, ``discord``, ``json``...);
 * webhook URLs are secrets: they never appear in this module's logs, metrics, exceptions or
-  ``repr``, and a redacting filter keeps apprise's and urllib3's own log records from
-  showing them either.
+  ``repr``, and a redacting filter keeps apprise's, requests' and urllib3's own log records
+  (``urllib3.connection`` logs the whole URL of a response with malformed headers) from
+  showing them either;
+* a page cannot be hijacked by the text it carries (a halt's reason may quote a venue's
+  error or a corrupt file): every field is redacted, its control characters escaped, its
+  mentions (``@everyone``, ``@here``, ``<@id>``, ``<@&role>``, Slack's ``<!here>``) and
+  markdown links (``[text](url)``) defused with a zero-width space, and it is capped; the
+  whole page stays under Discord's 2,000 characters (the runbook link always kept), and
+  Discord is additionally sent the field's markdown escaped and
+  ``allowed_mentions: {"parse": []}`` (only the mentions configured with ``ping=`` in the
+  URL may ping).
 """
 
 from __future__ import annotations
@@ -30,20 +39,26 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import apprise
+from apprise.plugins.discord import NotifyDiscord
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from exitguard import catalogue
 from exitguard._validate import non_negative, positive
 from exitguard.events import BreakerTransition, ExitInfo, Halted, HaltNotSaved, HookEvent
-from exitguard.redaction import RedactingFilter, get_logger, redact
+from exitguard.redaction import (
+    RedactingFilter,
+    escape_controls,
+    get_logger,
+    redact,
+)
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
 if TYPE_CHECKING:
@@ -157,15 +172,27 @@ class _Redactor(RedactingFilter):
 
 
 _REDACTOR = _Redactor()
-#: Loggers that may print a webhook URL: apprise's (one logger for all plugins) and urllib3's.
+#: Loggers that may print a webhook URL: apprise's (one logger for all plugins), urllib3's
+#: (``urllib3.connection`` logs "Failed to parse headers (url=...)" with the whole URL;
+#: ``urllib3.connectionpool`` its requests and retries) and requests'. Named here so they
+#: carry the filter even before their module is imported; every other logger under these
+#: trees that exists when a pager is made gets it too.
 _REDACTED_LOGGERS = (
     "apprise",
+    "urllib3",
+    "urllib3.connection",
     "urllib3.connectionpool",
     "urllib3.poolmanager",
+    "urllib3.response",
     "urllib3.util.retry",
+    "urllib3.util.ssl_",
     "requests",
     "exitguard.alerting",
 )
+
+
+#: The trees a webhook send logs under (apprise, then requests and urllib3 below it).
+_WEBHOOK_LOGGER_TREES = ("apprise", "urllib3", "requests")
 
 
 def _protect(urls: Iterable[str]) -> None:
@@ -175,10 +202,101 @@ def _protect(urls: Iterable[str]) -> None:
         if isinstance(url, str):
             fragments |= _secret_fragments(url)
     _REDACTOR.add(fragments)
-    for name in _REDACTED_LOGGERS:
+    prefixes = tuple(f"{root}." for root in _WEBHOOK_LOGGER_TREES)
+    existing = [name for name in list(logging.root.manager.loggerDict)
+                if name.startswith(prefixes)]
+    for name in (*_REDACTED_LOGGERS, *existing):
         logger = logging.getLogger(name)
         if _REDACTOR not in logger.filters:
             logger.addFilter(_REDACTOR)
+
+
+# --- text that cannot hijack a page ---------------------------------------------------------
+
+#: Discord refuses a message over 2,000 characters (title and body together): a page is
+#: kept under this, whatever its fields hold.
+PAGE_LIMIT = 1900
+#: The bound on one field's text (a halt's reason, an error) and on a name (guard, breaker,
+#: actor), before any escaping.
+FIELD_LIMIT = 400
+NAME_LIMIT = 80
+
+# A mention (Discord's @everyone, @here, <@id>, <@&role>, <#channel>; Slack's <!here>,
+# <@U123>), an at-sign before a word, and a markdown link's "](": each gets a zero-width
+# space after its first character, which no service parses as a mention or a link.
+_DEFUSE = re.compile(r"[@\uff20](?=[\w!&#])|<(?=[@#!&:/A-Za-z])|\](?=\()")
+_ZWSP = "\u200b"
+# Discord markdown: bold, italics, strike, code, spoiler, quote, heading, links.
+_DISCORD_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()])")
+
+
+def _safe_text(text: str, limit: int = FIELD_LIMIT) -> str:
+    """Untrusted text made fit for a page: redacted (before the cut), one line (control
+    characters escaped), mentions and links defused, at most ``limit`` characters."""
+    text = escape_controls(redact(text, None))
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return _DEFUSE.sub(lambda m: m.group() + _ZWSP, text)
+
+
+def _plain(text: str) -> str:
+    return text
+
+
+def _discord_escape(text: str) -> str:
+    """Markdown characters shown as themselves by Discord (a backslash before each)."""
+    return _DISCORD_MARKDOWN.sub(r"\\\1", text)
+
+
+def _fit(title: str, lines: list[str], last: str, limit: int = PAGE_LIMIT) -> tuple[str, str]:
+    """(title, body) with the body's ``lines`` cut so that title, body and the ``last`` line
+    (the runbook link) fit in ``limit`` characters together."""
+    title = title if len(title) <= NAME_LIMIT * 3 else title[: NAME_LIMIT * 3 - 1] + "\u2026"
+    head = "\n".join(lines)
+    room = limit - len(title) - 2 - len(last) - 1  # 2: apprise's "\r\n" after the title
+    if len(head) > room:
+        head = head[: max(0, room - 1)] + "\u2026"
+    return title, f"{head}\n{last}"
+
+
+class _SafeDiscord(NotifyDiscord):  # type: ignore[no-untyped-call]
+    """apprise's Discord plugin, sending ``allowed_mentions`` on every message.
+
+    apprise (up to 2.3 at least) sends no ``allowed_mentions`` for plain text (Discord then
+    parses every mention in the content) and, when it does, spells the key
+    ``allow_mentions``, which Discord ignores. Its payload is built inside ``send``, so the
+    one place to set the key is ``_send(payload, ...)``, which every message goes through:
+    only the mentions configured in the URL (``ping=``) may ping; ``parse`` is empty
+    otherwise. The pager checks at construction that the hook is there (an apprise that
+    renamed it is refused rather than paging unsafely).
+    """
+
+    def _send(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+        payload = dict(payload)
+        payload.pop("allow_mentions", None)
+        payload["allowed_mentions"] = self._allowed_mentions()
+        return bool(super()._send(payload, *args, **kwargs))
+
+    def _allowed_mentions(self) -> dict[str, list[str]]:
+        allowed: dict[str, list[str]] = {"parse": []}
+        ping = getattr(self, "ping", None)
+        if ping:
+            configured = self.ping_payload(" ".join(ping)).get("allow_mentions") or {}
+            for key in ("parse", "users", "roles"):
+                values = configured.get(key)
+                if values:
+                    allowed[key] = sorted(str(v) for v in values)
+        return allowed
+
+
+def _discord_hook_present() -> bool:
+    import inspect
+
+    send = getattr(NotifyDiscord, "_send", None)
+    if not callable(send):
+        return False
+    parameters = list(inspect.signature(send).parameters)
+    return len(parameters) >= 2 and parameters[1] == "payload"
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -242,25 +360,32 @@ def _alerts_counter(registry: CollectorRegistry) -> Counter:
 
 @dataclass(frozen=True, slots=True)
 class _Event:
+    """One page's content. ``details`` hold safe text (``_safe_text``); ``title`` and
+    ``headline`` build their sentence from them, after the channel's escaping."""
+
     guard: str
     kind: PageKind
-    title: str
-    headline: str
+    title: Callable[[Mapping[str, str]], str]
+    headline: Callable[[Mapping[str, str]], str]
     details: tuple[tuple[str, str], ...]
 
     def page(
-        self, suppressed: int, *, digest: bool = False, runbook_base_url: str = RUNBOOK_BASE_URL
+        self, suppressed: int, *, digest: bool = False, runbook_base_url: str = RUNBOOK_BASE_URL,
+        escape: Callable[[str], str] = _plain,
     ) -> tuple[str, str]:
-        """(title, body) of the page for this event plus ``suppressed`` similar ones."""
-        lines = [f"Still happening: {self.headline}" if digest else self.headline, ""]
-        lines += [f"{key}: {value}" for key, value in self.details]
+        """(title, body) of the page for this event plus ``suppressed`` similar ones, under
+        ``PAGE_LIMIT`` characters together; ``escape`` is the channel's markup escaping."""
+        values = {key: escape(value) for key, value in self.details}
+        headline = self.headline(values)
+        lines = [f"Still happening: {headline}" if digest else headline, ""]
+        lines += [f"{key}: {value}" for key, value in values.items()]
         if suppressed:
             lines.append(
-                f"suppressed: {suppressed} more {self.kind} event(s) for guard {self.guard}"
-                " since the last page (rate limit)"
+                f"suppressed: {suppressed} more {self.kind} event(s) for guard"
+                f" {values['guard']} since the last page (rate limit)"
             )
-        lines.append(f"runbook: {runbook_url(_RUNBOOK_ALERTS[self.kind], runbook_base_url)}")
-        return self.title, "\n".join(lines)
+        runbook = f"runbook: {runbook_url(_RUNBOOK_ALERTS[self.kind], runbook_base_url)}"
+        return _fit(self.title(values), lines, runbook)
 
 
 @dataclass(slots=True)
@@ -282,6 +407,7 @@ class _Channel:
     kind: str
     notifier: apprise.Apprise
     executor: concurrent.futures.ThreadPoolExecutor
+    escape: Callable[[str], str] = _plain  # the service's markup escaping of a field
 
 
 def _iso(wall: float) -> str:
@@ -379,17 +505,29 @@ class Pager:
                 f"pager URL #{number} (scheme {_scheme(str(url))!r}) is not a valid apprise URL"
             )
         plugins = list(notifier)
+        escape = _plain
         for plugin in plugins:
             # Bound the worker thread of an abandoned send, not only our wait for it.
             for attr in ("socket_connect_timeout", "socket_read_timeout"):
                 current = getattr(plugin, attr, None)
                 if isinstance(current, int | float):
                     setattr(plugin, attr, min(float(current), self.timeout))
+            if isinstance(plugin, NotifyDiscord):
+                if not _discord_hook_present():
+                    raise ValueError(
+                        f"pager URL #{number} (discord): this apprise's Discord plugin has no"
+                        " _send(payload) to add allowed_mentions to; pages could ping the"
+                        " whole server. Use an apprise version the pager supports (see"
+                        " pyproject.toml)"
+                    )
+                # The same plugin, with every message sent with allowed_mentions.
+                plugin.__class__ = _SafeDiscord
+                escape = _discord_escape
         kind = _channel_kind(plugins[0]) if plugins else "unknown"
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix=f"exitguard-pager-{kind}"
         )
-        return _Channel(number, kind, notifier, executor)
+        return _Channel(number, kind, notifier, executor, escape)
 
     @classmethod
     def from_env(
@@ -475,19 +613,20 @@ class Pager:
             _Event(
                 guard=guard,
                 kind=PageKind.BREAKER_OPEN,
-                title=(
-                    f"exitguard CRITICAL: circuit breaker open (guard {guard}, breaker {breaker})"
+                title=lambda v: (
+                    f"exitguard CRITICAL: circuit breaker open (guard {v['guard']},"
+                    f" breaker {v['breaker']})"
                 ),
-                headline=(
-                    f"Circuit breaker {breaker!r} of guard {guard!r} opened ({old_name} →"
-                    f" {new_name}): new entries are halted; exits still go (to a fallback"
-                    " venue, or through it as its probe)."
+                headline=lambda v: (
+                    f"Circuit breaker '{v['breaker']}' of guard '{v['guard']}' opened"
+                    f" ({v['transition']}): new entries are halted; exits still go (to a"
+                    " fallback venue, or through it as its probe)."
                 ),
                 details=(
-                    ("guard", guard),
-                    ("breaker", breaker),
+                    ("guard", _safe_text(guard, NAME_LIMIT)),
+                    ("breaker", _safe_text(breaker, NAME_LIMIT)),
                     ("event", PageKind.BREAKER_OPEN.value),
-                    ("transition", f"{old_name} → {new_name}"),
+                    ("transition", _safe_text(f"{old_name} → {new_name}", NAME_LIMIT)),
                     ("at", _iso(time.time())),
                 ),
             )
@@ -496,21 +635,21 @@ class Pager:
     def halted(self, guard: str, record: HaltRecord) -> None:
         if not self.enabled:
             return
-        reason = redact(record.reason)  # may quote a venue's error text
+        # The reason may quote a venue's error or a corrupt file: it is said once, below.
         self._event(
             _Event(
                 guard=guard,
                 kind=PageKind.HALTED,
-                title=f"exitguard CRITICAL: trading halted (guard {guard})",
-                headline=(
-                    f"Guard {guard!r} halted new entries: {reason}. Exits still run;"
+                title=lambda v: f"exitguard CRITICAL: trading halted (guard {v['guard']})",
+                headline=lambda v: (
+                    f"Guard '{v['guard']}' halted new entries (reason below). Exits still run;"
                     " resume with `exitguard halt resume --approver NAME --reason ...`."
                 ),
                 details=(
-                    ("guard", guard),
+                    ("guard", _safe_text(guard, NAME_LIMIT)),
                     ("event", PageKind.HALTED.value),
-                    ("reason", reason),
-                    ("actor", redact(record.actor)),
+                    ("reason", _safe_text(record.reason)),
+                    ("actor", _safe_text(record.actor, NAME_LIMIT)),
                     ("at", _iso(record.at)),
                 ),
             )
@@ -519,19 +658,20 @@ class Pager:
     def halt_not_saved(self, guard: str, error: str) -> None:
         if not self.enabled:
             return
-        error = redact(error)
         self._event(
             _Event(
                 guard=guard,
                 kind=PageKind.HALT_NOT_SAVED,
-                title=f"exitguard CRITICAL: halt state not saved (guard {guard})",
-                headline=(
-                    f"Guard {guard!r} could not write its halt file ({error}): the halt lives"
-                    " in memory only and a restart would lose it. Free the disk or fix the"
-                    " file's permissions; the guard writes it again at the next entry check."
+                title=lambda v: f"exitguard CRITICAL: halt state not saved (guard {v['guard']})",
+                headline=lambda v: (
+                    f"Guard '{v['guard']}' could not write its halt file (error below): the"
+                    " halt lives in memory only and a restart would lose it. Free the disk or"
+                    " fix the file's permissions; the guard writes it again at the next entry"
+                    " check."
                 ),
-                details=(("guard", guard), ("event", PageKind.HALT_NOT_SAVED.value),
-                         ("error", error)),
+                details=(("guard", _safe_text(guard, NAME_LIMIT)),
+                         ("event", PageKind.HALT_NOT_SAVED.value),
+                         ("error", _safe_text(error))),
             )
         )
 
@@ -607,10 +747,13 @@ class Pager:
             self._inflight.discard(future)
 
     async def _deliver(self, event: _Event, suppressed: int, digest: bool) -> None:
-        title, body = event.page(suppressed, digest=digest,
-                                 runbook_base_url=self.runbook_base_url)
+        pages = {
+            escape: event.page(suppressed, digest=digest, runbook_base_url=self.runbook_base_url,
+                               escape=escape)
+            for escape in {channel.escape for channel in self._channels}
+        }
         results = await asyncio.gather(
-            *(self._send(channel, event, title, body) for channel in self._channels)
+            *(self._send(channel, event, *pages[channel.escape]) for channel in self._channels)
         )
         _log.info(
             "exitguard pager: %s page for guard %s%s: %s",

@@ -1,4 +1,5 @@
-"""What every command shares: exit codes, the one-line error, argument types, the console.
+"""What every command shares: exit codes, the one-line error, argument types, the console,
+and the one place every byte the CLI prints passes through (:func:`redacted_output`).
 
 Standard library only at import time (rich is imported when something is printed), so
 ``exitguard --help`` and a usage error stay fast and never need an optional dependency.
@@ -14,9 +15,11 @@ import os
 import shlex
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn, TypeAlias
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn, TextIO, TypeAlias
 from urllib.parse import urlsplit
+
+from ..redaction import escape_controls, redact
 
 PROG = "exitguard"
 
@@ -95,7 +98,23 @@ def url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(
-            f"expected an http(s) URL such as http://127.0.0.1:4318, got {text!r}"
+            f"expected an http(s) URL such as http://127.0.0.1:4318, got {redact(text)!r}"
+        )
+    return text
+
+
+def otlp_endpoint(text: str) -> str:
+    """An OTLP/HTTP endpoint without credentials: a command line is visible to every user
+    of the machine (``ps``), so a password or key in it is refused (without echoing it), and
+    the user is pointed to OpenTelemetry's standard variables, which keep them out of it."""
+    text = url(text)
+    parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None or redact(text) != text:
+        raise argparse.ArgumentTypeError(
+            "credentials in the URL would be visible to every user (ps) and in logs: pass the"
+            " endpoint without them and put them, as name=value headers (an Authorization"
+            " header, an API key header), in OTEL_EXPORTER_OTLP_HEADERS; the endpoint may"
+            " also come from OTEL_EXPORTER_OTLP_ENDPOINT"
         )
     return text
 
@@ -128,6 +147,14 @@ def console(stderr: bool = False) -> Any:
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """A plain formatter whose message is one line: control characters in it (a venue's
+    ``\\n``, a terminal escape) are escaped; a traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+
 @contextlib.contextmanager
 def quiet_logging(verbose: bool) -> Iterator[None]:
     """Keep the library's logs quiet unless asked (a simulation logs many expected errors)."""
@@ -138,7 +165,7 @@ def quiet_logging(verbose: bool) -> Iterator[None]:
         logger.setLevel(logging.WARNING)
         if not logging.getLogger().handlers:
             added = logging.StreamHandler(sys.stderr)
-            added.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            added.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
             logger.addHandler(added)
     else:
         logger.setLevel(logging.CRITICAL + 1)
@@ -148,6 +175,42 @@ def quiet_logging(verbose: bool) -> Iterator[None]:
         logger.setLevel(previous)
         if added is not None:
             logger.removeHandler(added)
+
+
+class _RedactingStream:
+    """A text stream whose every write is redacted (``exitguard.redaction``) before it
+    reaches the real one; everything else (``isatty``, ``fileno``, ``encoding``...) is the
+    real stream's. Each writer of the CLI writes whole messages (``print``, rich's console,
+    argparse, logging handlers), so a secret is never split across two writes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text, None) if text else text)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """While a command runs, ``sys.stdout`` and ``sys.stderr`` redact what they are given:
+    the one place every line the CLI prints passes through (results, errors, usage errors,
+    log lines, a halt's reason), so a key quoted by a venue, a halt file or an argument never
+    reaches the terminal."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = _RedactingStream(saved[0])
+    sys.stderr = _RedactingStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def print_json(data: object) -> None:

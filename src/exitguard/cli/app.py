@@ -9,7 +9,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import alerts, dashboards, demo, halt, simulate
-from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, CliError, Formatter, Parser
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    CliError,
+    Formatter,
+    Parser,
+    redacted_output,
+)
 
 _DESCRIPTION = """\
 Bounded, escalating, observable position exits for trading bots.
@@ -43,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (the console script exits with it)."""
+    """Run the command line; returns the exit code (the console script exits with it).
+    Everything it prints is redacted (``redacted_output``)."""
+    with redacted_output():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import CliError, non_empty, port, seconds, url, wrap
+from ._common import CliError, non_empty, otlp_endpoint, port, seconds, wrap
 
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_BIND = "127.0.0.1"
@@ -32,9 +32,10 @@ def add_serve_options(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--port", metavar="N", type=port,
                        help=f"port to serve /metrics on (default {DEFAULT_METRICS_PORT}; "
                             "0 picks a free one)")
-    group.add_argument("--otlp-endpoint", metavar="URL", type=url,
+    group.add_argument("--otlp-endpoint", metavar="URL", type=otlp_endpoint,
                        help="export traces over OTLP/HTTP to URL, e.g. http://127.0.0.1:4318 "
-                            "(default: no traces)")
+                            "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no traces); "
+                            "credentials go in $OTEL_EXPORTER_OTLP_HEADERS, never in URL")
     group.add_argument("--duration", metavar="SECONDS", type=seconds,
                        help="stop after SECONDS (default: run until SIGINT or SIGTERM)")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -41,7 +42,7 @@ from ..errors import HaltResumeError, TradingHalted
 from ..guard import ExitGuard
 from ..halt import FileHaltStore, TradingHalt
 from ..hooks import Hooks
-from ..redaction import get_logger
+from ..redaction import get_logger, redact
 from ..telemetry import (
     configure_logging,
     configure_tracing,
@@ -285,6 +286,15 @@ def build_demo(options: ServeOptions, *, halt_dir: Path,
     return DemoBot(options, guard, primary, fallback, halt, rng)
 
 
+def _otlp_endpoint_from_env() -> str | None:
+    """The collector named by the standard OpenTelemetry variables, if any."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
 def _repeat(phases: list[Phase]) -> Iterator[Phase]:
     while True:
         yield from phases
@@ -315,9 +325,12 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
     try:
         server = serve_metrics(port=options.port, addr=options.bind)
     except OSError as exc:
-        reason = str(exc.strerror or exc)
-        if not reason.startswith("cannot serve"):
-            reason = f"cannot serve metrics on {options.bind}:{options.port}: {reason}"
+        # In the CLI's words (serve_metrics speaks to library users: port=0).
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        reason = f"cannot serve metrics on {options.bind}:{options.port}: {why}"
+        if exc.errno == errno.EADDRINUSE and options.port:
+            reason += (" (is another process using that port? pass --port 0 for a free one,"
+                       " or another --port N)")
         raise ServeError(reason) from None
     provider = None
     pager = None
@@ -327,8 +340,12 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
     runner: asyncio.Task[None] | None = None
     with tempfile.TemporaryDirectory(prefix="exitguard-demo-") as tmp:
         try:
-            if options.otlp_endpoint:
-                # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win over the demo's name.
+            traces_to = options.otlp_endpoint or _otlp_endpoint_from_env()
+            if traces_to:
+                # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win over the demo's name;
+                # OTEL_EXPORTER_OTLP_HEADERS carries the collector's credentials (the
+                # exporter reads it), and None makes configure_tracing read the endpoint
+                # from OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT as the specification says.
                 provider = configure_tracing(options.otlp_endpoint,
                                              default_service_name="exitguard-demo")
             demo = build_demo(options, halt_dir=Path(tmp))
@@ -340,7 +357,8 @@ async def serve(options: ServeOptions, *, out: TextIO | None = None,
                 installed.append(signum)
             runner = loop.create_task(demo.run())
             url = str(server.url)
-            traces = f"; traces to {options.otlp_endpoint}" if options.otlp_endpoint else ""
+            # Redacted (the endpoint may come from the environment with a key in it).
+            traces = f"; traces to {redact(traces_to)}" if traces_to else ""
             _log.info("exitguard %s --serve: metrics on %s%s; Ctrl-C to stop", options.mode,
                       url, traces)
             if ready is not None:

@@ -55,7 +55,7 @@ from ..events import (
     Retry,
 )
 from ..outcome import ExitOutcome, ExitStatus
-from ..redaction import redact
+from ..redaction import escape_controls, redact
 from ..state_machine import ExitState, TransitionRecord
 from ..venue import TxStatus
 from ._context import current_span_ids
@@ -68,6 +68,8 @@ __all__ = [
     "LogHooks",
     "add_trace_context",
     "configure_logging",
+    "escape_for_terminal",
+    "redact_fields",
     "stdlib_formatter",
 ]
 
@@ -319,14 +321,14 @@ class LogHooks:
             self.logger.critical(
                 "trading.halted",
                 **_with_ids({"guard": event.guard, "reason": redact(event.record.reason),
-                             "actor": event.record.actor, "at": event.record.at}),
+                             "actor": redact(event.record.actor), "at": event.record.at}),
             )
             logline.reported()
         elif isinstance(event, Resumed):
             self.logger.warning(
                 "trading.resumed",
                 **_with_ids({"guard": event.guard, "reason": redact(event.record.reason),
-                             "approver": event.record.actor, "at": event.record.at}),
+                             "approver": redact(event.record.actor), "at": event.record.at}),
             )
             logline.reported()
         return None
@@ -420,6 +422,33 @@ def _renderer(json: bool, stream: object = None) -> Processor:
     return structlog.dev.ConsoleRenderer(colors=bool(isatty and isatty()))
 
 
+#: Fields whose text is several lines by nature (a traceback, a stack).
+_MULTI_LINE = frozenset({"exception", "stack"})
+
+
+def escape_for_terminal(logger: WrappedLogger, method_name: str,
+                        event_dict: EventDict) -> EventDict:
+    """A structlog processor for console lines: control characters in every text field are
+    escaped (``\\n``, ``\\x1b``), so a venue's error holding a newline cannot forge a
+    log line and escape sequences cannot rewrite the terminal. (JSON escapes them itself.)
+    Tracebacks keep their line breaks."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isprintable():
+            event_dict[key] = escape_controls(value, keep_lines=key in _MULTI_LINE)
+    return event_dict
+
+
+def redact_fields(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor: every text field redacted (``exitguard.redaction``). On the
+    records of other libraries (urllib3, the OpenTelemetry SDK, apprise) that exitguard's
+    handler renders: their messages quote URLs, whose keys must not reach the log.
+    (exitguard's own events are redacted where they are built.)"""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value, None)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -436,16 +465,19 @@ def stdlib_formatter(json: bool = True, *, colors: bool = False) -> logging.Form
     Put it on your own handlers when you configure ``logging`` yourself and call
     ``configure_logging(stdlib=True, install_handler=False)``.
     """
-    pre_chain: list[Processor] = [structlog.stdlib.add_logger_name, *_shared_processors()]
+    # A traceback is rendered to text before redaction, so the secret its message may quote
+    # is masked; in console mode, control characters are escaped (one record, one line).
+    pre_chain: list[Processor] = [
+        structlog.stdlib.add_logger_name, *_shared_processors(),
+        structlog.processors.format_exc_info, redact_fields,
+    ]
+    processors: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                                   structlog.processors.format_exc_info]
     if json:
-        pre_chain.append(structlog.processors.format_exc_info)
-    return structlog.stdlib.ProcessorFormatter(
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            render_json if json else structlog.dev.ConsoleRenderer(colors=colors),
-        ],
-        foreign_pre_chain=pre_chain,
-    )
+        processors.append(render_json)
+    else:
+        processors += [escape_for_terminal, structlog.dev.ConsoleRenderer(colors=colors)]
+    return structlog.stdlib.ProcessorFormatter(processors=processors, foreign_pre_chain=pre_chain)
 
 
 def _install_handler(
@@ -516,10 +548,10 @@ def configure_logging(
             _install_handler(root, out, json, number)
         return
     processors = _shared_processors()
-    if json:
-        processors += [structlog.processors.format_exc_info, _renderer(json)]
-    else:
-        processors.append(_renderer(json, out))
+    processors.append(structlog.processors.format_exc_info)
+    if not json:
+        processors.append(escape_for_terminal)
+    processors.append(_renderer(json, out))
     structlog.configure(
         processors=processors,
         logger_factory=structlog.WriteLoggerFactory(cast(TextIO, out)),

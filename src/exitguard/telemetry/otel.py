@@ -26,6 +26,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -54,7 +55,7 @@ from ..events import (
     Retry,
 )
 from ..outcome import ExitOutcome, ExitStatus
-from ..redaction import get_logger, redact
+from ..redaction import get_logger, protect_third_party_loggers, redact
 from ..state_machine import TransitionRecord
 from ._export_failures import TRACE_EXPORT_FAILURES
 
@@ -401,13 +402,14 @@ class CountingSpanExporter(SpanExporter):
 
 
 def _traces_url(endpoint: str) -> str:
-    """``http://host:4318`` -> ``http://host:4318/v1/traces``; a full URL is kept."""
+    """``http://host:4318`` -> ``http://host:4318/v1/traces`` (a query is kept after the
+    path); a URL with a path is kept."""
     endpoint = endpoint.strip()
     if "://" not in endpoint:
         endpoint = f"http://{endpoint}"
-    scheme, rest = endpoint.split("://", 1)
-    if "/" not in rest or (rest.endswith("/") and rest.count("/") == 1):
-        return f"{scheme}://{rest.rstrip('/')}/v1/traces"
+    parts = urlsplit(endpoint)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/v1/traces"))
     return endpoint
 
 
@@ -429,7 +431,10 @@ def configure_tracing(
     ``endpoint``: the collector, ``http://host:4318`` (``/v1/traces`` is appended) or the
     full traces URL. None reads ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
     ``OTEL_EXPORTER_OTLP_ENDPOINT``; with neither, spans are still created (trace ids for
-    exemplars and logs) but not exported. ``exporter`` replaces the OTLP exporter (tests,
+    exemplars and logs) but not exported. The collector's credentials belong in
+    ``OTEL_EXPORTER_OTLP_HEADERS`` (or ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``), which the
+    exporter sends with every request; whatever is logged about the endpoint (by exitguard,
+    the exporter, urllib3) is redacted. ``exporter`` replaces the OTLP exporter (tests,
     benchmarks). Either way it is wrapped in ``CountingSpanExporter``: a collector outage
     is logged once (and its recovery), and each failed batch is counted. ``timeout``
     (seconds) bounds each export, retries included; exports run on the
@@ -469,6 +474,9 @@ def configure_tracing(
             )
 
             exporter = OTLPSpanExporter(endpoint=url, timeout=float(timeout))
+            # Its loggers, urllib3's and requests' exist now: their lines (a failed export,
+            # a retry) quote the collector's URL, whose userinfo or query may be a key.
+            protect_third_party_loggers()
     if exporter is not None:
         provider.add_span_processor(
             BatchSpanProcessor(
