@@ -13,6 +13,7 @@ import yaml
 
 from exitguard import catalogue as cat
 from exitguard.artefacts import dashboards as dash
+from exitguard.runbooks import RUNBOOK_BASE_URL
 from tests.support import REPO
 from tests.support.servers import require_binary
 
@@ -409,8 +410,9 @@ def test_panel_queries_lists_every_target_and_nested_rows(model: dict[str, Any])
 
 
 def _overview(model: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [i for i, p in enumerate(model["panels"]) if p["type"] == "row"]
-    return model["panels"][rows[0] + 1:rows[1]]
+    panels: list[dict[str, Any]] = model["panels"]
+    rows = [i for i, p in enumerate(panels) if p["type"] == "row"]
+    return panels[rows[0] + 1:rows[1]]
 
 
 def test_the_top_row_starts_with_failed_exits_as_counts_and_open_breakers(
@@ -439,7 +441,7 @@ def test_every_panel_links_to_its_runbook_section(model: dict[str, Any]) -> None
         assert len(links) == 1, panel["title"]
         url = links[0]["url"]
         base, _, anchor = url.partition("#")
-        assert base == dash.RUNBOOK_BASE_URL, url
+        assert base == RUNBOOK_BASE_URL, url
         assert anchor in anchors, f"{panel['title']}: no runbook section #{anchor}"
     other = dash.build_dashboards(runbook_base_url="https://wiki.example.org/rb")
     for panel in _panels(other["exit-health.json"]):
