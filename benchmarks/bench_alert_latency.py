@@ -52,6 +52,7 @@ from tests.support.alerting import (  # noqa: E402
     AlertingStack,
     alerting_stack,
 )
+from tests.support.e2e_bot import venue_of  # noqa: E402
 from tests.support.servers import Received  # noqa: E402
 
 ALERT = "ExitguardCircuitBreakerTripped"
@@ -68,7 +69,8 @@ WAIT_FOR_PAGE_S = 30.0
 def _matcher(path: str, guard: str) -> re.Pattern[str]:
     if path.startswith("/pager/"):
         return re.compile(rf"^guard: {re.escape(guard)}$", re.MULTILINE)
-    return re.compile(rf"FIRING {ALERT} guard={re.escape(guard)}\b")
+    # The breaker alert is per venue; each guard of the bot has its own venue.
+    return re.compile(rf"FIRING {ALERT} venue={re.escape(venue_of(guard))}\b")
 
 
 def one_trip(stack: AlertingStack, guard: str) -> dict[tuple[str, str], float]:

@@ -61,6 +61,12 @@ class MetricSpec:
         """A series name, e.g. ``spec.series("bucket")`` for a histogram's buckets."""
         return f"{self.name}_{suffix}" if suffix else self.name
 
+    @property
+    def created_series(self) -> str:
+        """The series prometheus_client exposes beside a counter: when it was created (unix
+        time). Alert rules read it to see a counter's first events before its first scrape."""
+        return f"{self.base_name}_created"
+
 
 EXITS = MetricSpec(
     "exitguard_exits_total", "counter", "Exits finished, by outcome.", ("outcome",)
@@ -159,6 +165,10 @@ def base_metric_name(series: str) -> str:
     """Map a series name (``..._bucket``, ``..._count``, ``..._sum``) to its catalogue name."""
     if series in BY_NAME:
         return series
+    if series.endswith("_created"):
+        counter = BY_NAME.get(series[: -len("_created")] + "_total")
+        if counter is not None and counter.kind == "counter":
+            return counter.name
     for suffix in ("_bucket", "_count", "_sum", "_created"):
         if series.endswith(suffix) and series[: -len(suffix)] in BY_NAME:
             return series[: -len(suffix)]

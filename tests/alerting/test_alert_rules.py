@@ -110,12 +110,13 @@ def test_rules_use_only_catalogue_metrics_and_their_labels() -> None:
             base = catalogue.base_metric_name(name)
             assert base in catalogue.BY_NAME, f"{rule['alert']}: {name} is not in the catalogue"
             if base != name:
-                assert catalogue.BY_NAME[base].kind == "histogram", name
-        known = {"instance", "job", "le"}
+                spec = catalogue.BY_NAME[base]
+                assert spec.kind == "histogram" or name == spec.created_series, name
+        known = {"instance", "job", "le", rules.VENUE_LABEL}
         for spec in (catalogue.BY_NAME[catalogue.base_metric_name(n)] for n in names):
             known.update(spec.all_labels)
         for grouping in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
-            for label in (s.strip() for s in grouping.split(",")):
+            for label in (s.strip() for s in grouping.split(",") if s.strip()):
                 assert label in known, f"{rule['alert']}: unknown label {label!r}"
 
 
@@ -129,10 +130,13 @@ def test_every_rule_has_severity_summary_description_and_runbook() -> None:
         assert notes["summary"], alert
         assert "{{" not in notes["summary"], f"{alert}: the summary is static"
         assert "$value" in notes["description"], f"{alert}: description shows the value"
-        if re.search(r"\bby \([^)]*\bguard\b", rule["expr"]):
+        # The labels the alert keeps: a count by venue keeps the venue only.
+        kept = re.match(r"count by \(([^)]*)\)", rule["expr"])
+        groupings = [kept.group(1)] if kept else re.findall(r"\bby \(([^)]*)\)", rule["expr"])
+        if any(re.search(r"\bguard\b", grouping) for grouping in groupings):
             assert "$labels.guard" in notes["description"], alert
-        if re.search(r"\bby \([^)]*\bbreaker\b", rule["expr"]):
-            assert "$labels.breaker" in notes["description"], alert
+        if re.search(r"\bby \([^)]*\bvenue\b", rule["expr"]):
+            assert "$labels.venue" in notes["description"], alert
         assert notes["runbook_url"].startswith(RUNBOOK_BASE_URL + "#"), alert
 
 
@@ -148,11 +152,19 @@ def test_rules_on_guard_metrics_keep_the_guard_label() -> None:
         assert specs, rule["alert"]
         if not any(spec.per_guard for spec in specs):
             continue  # process-wide metrics have no guard label to keep
-        for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
-            assert "guard" in grouping, f"{rule['alert']}: by ({grouping}) drops the guard"
-    breaker = next(r for r in _generated() if r["alert"] == "ExitguardCircuitBreakerTripped")
-    for grouping in re.findall(r"\bby \(([^)]*)\)", breaker["expr"]):
-        assert "breaker" in grouping
+        outer = re.findall(r"\bby \(([^)]*)\)", rule["expr"])
+        if rule["alert"] == "ExitguardCircuitBreakerTripped":
+            # Per venue across the fleet: the outer count keeps the venue only; each inner
+            # series is one breaker of one guard of one process.
+            assert outer[0] == "venue", outer
+            outer = outer[1:]
+            for grouping in outer:
+                assert "breaker" in grouping, grouping
+        for grouping in outer:
+            labels = {s.strip() for s in grouping.split(",")}
+            assert {"instance", "guard"} <= labels, (
+                f"{rule['alert']}: by ({grouping}) drops the guard or the process"
+            )
 
 
 def test_rules_on_process_wide_metrics_keep_their_target() -> None:
@@ -176,7 +188,7 @@ def test_faults_rule_names_the_component() -> None:
     rule = next(r for r in _generated() if r["alert"] == "ExitguardFaultsAbsorbed")
     assert catalogue.FAULTS.name in rule["expr"]
     for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
-        assert {s.strip() for s in grouping.split(",")} == {"guard", "component"}
+        assert {s.strip() for s in grouping.split(",")} == {"instance", "guard", "component"}
     assert "$labels.component" in rule["annotations"]["description"]
     assert rule["labels"]["severity"] == "warning"
 
@@ -229,7 +241,8 @@ def test_promtool_tests_catch_a_breaker_rule_that_only_reads_the_gauge(tmp_path:
     labels = text.index("        labels:", start)
     gauge_only = (
         text[:expr_start]
-        + "expr: max by (guard, breaker) (exitguard_circuit_breaker_state) == 2\n"
+        + "expr: count by (venue) (label_replace(max by (instance, guard, breaker)"
+        + ' (exitguard_circuit_breaker_state) == 2, "venue", "$1", "breaker", "(.*)"))\n'
         + text[labels:]
     )
     output = _promtool_tests_against(tmp_path, gauge_only)
@@ -279,7 +292,8 @@ def test_promtool_tests_use_only_catalogue_metric_names() -> None:
         base = catalogue.base_metric_name(name)
         assert base in catalogue.BY_NAME, f"{name} (in alerts/tests) is not in the catalogue"
         if base != name:
-            assert catalogue.BY_NAME[base].kind == "histogram", name
+            spec = catalogue.BY_NAME[base]
+            assert spec.kind == "histogram" or name == spec.created_series, name
     assert used - exitguard_names <= {"up"}, used - exitguard_names
 
 

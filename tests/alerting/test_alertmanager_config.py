@@ -8,6 +8,7 @@ real Alertmanager against a local sink standing in for Slack and Discord.
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 import time
@@ -109,7 +110,8 @@ def test_critical_pages_slack_and_discord_warning_pages_slack_only() -> None:
 
 def test_grouping_and_timings() -> None:
     route = _config()["route"]
-    assert route["group_by"] == ["alertname", "guard"]
+    # One page per alert and venue (issue 18: a venue outage pages once, not per process).
+    assert route["group_by"] == ["alertname", "venue"]
     critical = next(r for r in route["routes"] if r["receiver"] == CRITICAL_RECEIVER)
 
     def seconds(duration: str) -> float:
@@ -122,17 +124,20 @@ def test_grouping_and_timings() -> None:
     assert seconds(route["repeat_interval"]) <= 24 * 3600
 
 
-def test_open_breaker_inhibits_the_retry_warning_of_the_same_guard() -> None:
+def test_a_target_down_inhibits_the_metrics_absent_alert() -> None:
     assert {
-        "source_matchers": ['alertname="ExitguardCircuitBreakerTripped"'],
-        "target_matchers": ['alertname="ExitguardExitRetryRateHigh"'],
-        "equal": ["guard"],
+        "source_matchers": ['alertname="ExitguardTargetDown"'],
+        "target_matchers": ['alertname="ExitguardMetricsAbsent"'],
     } in _config()["inhibit_rules"]
+    # The retry warning of a guard with an open breaker is held back by its rule (the breaker
+    # alert is per venue, with no guard label an inhibition could match on).
+    assert not any("ExitguardExitRetryRateHigh" in str(rule["target_matchers"])
+                   for rule in _config()["inhibit_rules"])
 
 
 def test_templates_carry_every_field_a_page_needs() -> None:
     text = TEMPLATES.read_text()
-    for field in (".Labels.alertname", ".Labels.guard", ".Labels.breaker",
+    for field in (".Labels.alertname", ".Labels.guard", ".Labels.venue", ".Labels.instance",
                   ".Annotations.summary", ".Annotations.description",
                   ".Annotations.runbook_url"):
         assert field in text, field
@@ -222,12 +227,13 @@ def test_amtool_routes(checked_config: Path, labels: dict[str, str], receiver: s
 # --- a real Alertmanager ----------------------------------------------------------------------
 
 
-def _alert(name: str, severity: str, guard: str, **extra: str) -> dict[str, Any]:
+def _alert(name: str, severity: str, **labels: str) -> dict[str, Any]:
+    where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
     return {
-        "labels": {"alertname": name, "severity": severity, "guard": guard, **extra},
+        "labels": {"alertname": name, "severity": severity, **labels},
         "annotations": {
             "summary": f"summary of {name}",
-            "description": f"{name} on {guard}: value 3",
+            "description": f"{name} on {where}: value 3",
             "runbook_url": (
                 "https://github.com/exitguard/exitguard/blob/main/docs/runbooks.md#"
                 + name.lower()
@@ -236,8 +242,7 @@ def _alert(name: str, severity: str, guard: str, **extra: str) -> dict[str, Any]
     }
 
 
-def test_real_alertmanager_pages_slack_and_discord(tmp_path: Path, sink: WebhookSink) -> None:
-    binary = require_binary(*ALERTMANAGER_BINARIES)
+def _running_config(tmp_path: Path, sink: WebhookSink, binary: str) -> Path:
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "slack").write_text(sink.url("/slack/T0/B0/secret") + "\n")
@@ -251,40 +256,91 @@ def test_real_alertmanager_pages_slack_and_discord(tmp_path: Path, sink: Webhook
         timings=RouteTimings.fast(),
         inline_discord_url=not supports_discord_url_file(binary),
     )
-    with alertmanager(config, tmp_path, binary=binary) as am:
-        am.post_alerts([_alert("ExitguardCircuitBreakerTripped", "critical", "g1",
-                               breaker="venue")])
+    return config
+
+
+def test_real_alertmanager_pages_slack_and_discord(tmp_path: Path, sink: WebhookSink) -> None:
+    binary = require_binary(*ALERTMANAGER_BINARIES)
+    with alertmanager(_running_config(tmp_path, sink, binary), tmp_path, binary=binary) as am:
+        am.post_alerts([_alert("ExitguardCircuitBreakerTripped", "critical", venue="binance")])
         slack = sink.wait_for_requests("/slack", where=lambda r: "CircuitBreaker" in r.text)[0]
         discord = sink.wait_for_requests("/discord", where=lambda r: "CircuitBreaker" in r.text)[0]
         for body in (slack.text, discord.text):
-            for expected in ("ExitguardCircuitBreakerTripped", "guard=g1", "breaker=venue",
+            for expected in ("ExitguardCircuitBreakerTripped venue=binance",
                              "summary of ExitguardCircuitBreakerTripped",
-                             "ExitguardCircuitBreakerTripped on g1: value 3", BREAKER_RUNBOOK):
+                             "ExitguardCircuitBreakerTripped on venue=binance: value 3",
+                             BREAKER_RUNBOOK):
                 assert expected in body, (expected, body)
+            # A label the alert does not have is not printed (no empty "guard=").
+            assert "guard=" not in body, body
         assert slack.json()["attachments"][0]["color"] == "danger"
         assert slack.json()["attachments"][0]["title_link"] == BREAKER_RUNBOOK
         assert "embeds" in discord.json()
 
-        # The breaker of g1 is firing: g1's retry-rate warning is inhibited, g2's is not.
-        am.post_alerts([
-            _alert("ExitguardExitRetryRateHigh", "warning", "g1"),
-            _alert("ExitguardExitRetryRateHigh", "warning", "g2"),
-            _alert("ExitguardExitSlippageHigh", "warning", "g2"),
-        ])
+        # Warnings page Slack only.
+        am.post_alerts([_alert("ExitguardExitSlippageHigh", "warning", guard="g2",
+                               instance="a:9464")])
         sink.wait_for_requests("/slack", where=lambda r: "ExitguardExitSlippageHigh" in r.text)
-        retry = sink.wait_for_requests(
-            "/slack", where=lambda r: "ExitguardExitRetryRateHigh" in r.text
-        )
-        assert all("guard=g2" in r.text and "guard=g1" not in r.text for r in retry)
-        statuses = {
-            (a["labels"]["alertname"], a["labels"]["guard"]): a["status"]
-            for a in am.alerts()
-        }
-        assert statuses[("ExitguardExitRetryRateHigh", "g1")]["inhibitedBy"]
-        assert not statuses[("ExitguardExitRetryRateHigh", "g2")]["inhibitedBy"]
-
         time.sleep(1.5)  # group_interval is 1s: anything still coming would be here by now
-        assert not any("Slippage" in r.text or "RetryRate" in r.text
-                       for r in sink.requests("/discord")), "warnings must not reach Discord"
-        assert not any("guard=g1" in r.text and "RetryRate" in r.text
-                       for r in sink.requests("/slack"))
+        assert not any("Slippage" in r.text for r in sink.requests("/discord")), (
+            "warnings must not reach Discord"
+        )
+
+
+def test_a_fleet_pages_once_per_alert_and_venue(tmp_path: Path, sink: WebhookSink) -> None:
+    """Three processes fail exits on one venue outage: one page for their failed exits (every
+    process listed), one for the venue's breakers; a target down holds back MetricsAbsent."""
+    binary = require_binary(*ALERTMANAGER_BINARIES)
+    with alertmanager(_running_config(tmp_path, sink, binary), tmp_path, binary=binary) as am:
+        am.post_alerts([
+            _alert("ExitguardExitFailed", "critical", guard="momentum", instance="a:9464"),
+            _alert("ExitguardExitFailed", "critical", guard="meanrev", instance="b:9464"),
+            _alert("ExitguardExitFailed", "critical", guard="momentum", instance="c:9464"),
+            _alert("ExitguardCircuitBreakerTripped", "critical", venue="binance"),
+        ])
+        sink.wait_for_requests("/slack", where=lambda r: "ExitguardExitFailed" in r.text)
+        sink.wait_for_requests("/slack", where=lambda r: "CircuitBreaker" in r.text)
+        time.sleep(2.5)  # group_interval is 1s: a second page would be here by now
+        failed = [r for r in sink.requests("/slack") if "ExitguardExitFailed" in r.text]
+        breaker = [r for r in sink.requests("/slack") if "CircuitBreaker" in r.text]
+        assert len(failed) == 1, [r.text for r in failed]
+        assert len(breaker) == 1, [r.text for r in breaker]
+        for instance in ("a:9464", "b:9464", "c:9464"):
+            assert f"instance={instance}" in failed[0].text, failed[0].text
+        assert "[FIRING:3] ExitguardExitFailed (critical)" in failed[0].text
+
+        am.post_alerts([
+            _alert("ExitguardTargetDown", "critical", job="exitguard", instance="a:9464"),
+            _alert("ExitguardMetricsAbsent", "critical"),
+        ])
+        sink.wait_for_requests("/slack", where=lambda r: "ExitguardTargetDown" in r.text)
+        time.sleep(1.5)
+        statuses = {a["labels"]["alertname"]: a["status"] for a in am.alerts()}
+        assert statuses["ExitguardMetricsAbsent"]["inhibitedBy"]
+        assert not any("ExitguardMetricsAbsent" in r.text for r in sink.requests())
+        down = next(r for r in sink.requests("/slack") if "ExitguardTargetDown" in r.text)
+        assert "guard=" not in down.text, down.text
+        assert "instance=a:9464 job=exitguard" in down.text, down.text
+
+
+def test_a_page_prints_only_the_labels_an_alert_has(tmp_path: Path) -> None:
+    """The title and text of an alert without a guard label (MetricsAbsent, TargetDown)."""
+    data = {
+        "receiver": CRITICAL_RECEIVER, "status": "firing", "externalURL": "http://127.0.0.1",
+        "alerts": [{**_alert("ExitguardMetricsAbsent", "critical"), "status": "firing"}],
+        "groupLabels": {"alertname": "ExitguardMetricsAbsent"},
+        "commonLabels": {"alertname": "ExitguardMetricsAbsent", "severity": "critical"},
+        "commonAnnotations": {},
+    }
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    result = run_tool(
+        _amtool(), "template", "render", f"--template.glob={TEMPLATES}",
+        '--template.text={{ template "exitguard.title" . }}|'
+        '{{ template "exitguard.slack.text" . }}',
+        f"--template.data={tmp_path / 'data.json'}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    title, text = result.stdout.split("|", 1)
+    assert title == "[FIRING:1] ExitguardMetricsAbsent (critical)", title
+    assert text.splitlines()[0] == "FIRING ExitguardMetricsAbsent", text
+    assert "=" not in text.splitlines()[0]

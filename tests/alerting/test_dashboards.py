@@ -13,6 +13,7 @@ import yaml
 
 from exitguard import catalogue as cat
 from exitguard.artefacts import dashboards as dash
+from exitguard.runbooks import RUNBOOK_BASE_URL
 from tests.support import REPO
 from tests.support.servers import require_binary
 
@@ -286,6 +287,11 @@ def test_process_wide_metrics_are_not_filtered_by_guard(model: dict[str, Any]) -
             spec = cat.BY_NAME[cat.base_metric_name(match.group(1))]
             matchers = match.group(2)
             assert 'job=~"$job"' in matchers, f"{where}: {match.group(0)}"
+            if where in dash.FLEET_PANEL_TITLES:
+                # The fleet row sees every process of the job, whatever the pickers say.
+                assert "$instance" not in matchers, where
+                assert "$guard" not in matchers, where
+                continue
             assert 'instance=~"$instance"' in matchers, f"{where}: {match.group(0)}"
             has_guard = f'{cat.GUARD_LABEL}=~"$guard"' in matchers
             assert has_guard == spec.per_guard, f"{where}: {match.group(0)}"
@@ -390,7 +396,7 @@ def test_substitute_variables() -> None:
 def test_panel_queries_lists_every_target_and_nested_rows(model: dict[str, Any]) -> None:
     queries = dash.panel_queries(model)
     assert len(queries) == sum(len(p["targets"]) for p in _panels(model))
-    assert queries[0][0] == "First-attempt success"
+    assert queries[0][0] == dash.FAILED_EXITS_PANEL_TITLE
     nested = {
         "panels": [
             {"type": "row", "title": "r", "collapsed": True,
@@ -398,3 +404,88 @@ def test_panel_queries_lists_every_target_and_nested_rows(model: dict[str, Any])
         ]
     }
     assert dash.panel_queries(nested) == [("inner", "up")]
+
+
+# --- what the on-call sees first, and where it leads (issues 15 and 18) ----------------------
+
+
+def _overview(model: dict[str, Any]) -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = model["panels"]
+    rows = [i for i, p in enumerate(panels) if p["type"] == "row"]
+    return panels[rows[0] + 1:rows[1]]
+
+
+def test_the_top_row_starts_with_failed_exits_as_counts_and_open_breakers(
+    model: dict[str, Any],
+) -> None:
+    first, second, *_ = _overview(model)
+    assert first["title"] == dash.FAILED_EXITS_PANEL_TITLE
+    expr = first["targets"][0]["expr"]
+    assert f"increase({cat.EXITS.name}{{" in expr, expr
+    assert "[$__range]" in expr, expr
+    assert 'outcome=~"failed|unresolved"' in expr
+    assert "rate(" not in expr, "a count over the range, not a per-second rate"
+    assert first["fieldConfig"]["defaults"]["unit"] == "short"
+    assert second["title"] == "Open breakers"
+    assert cat.BREAKER_STATE.name in second["targets"][0]["expr"]
+    assert {p["gridPos"]["y"] for p in (first, second)} == {first["gridPos"]["y"]}
+    assert first["gridPos"]["x"] == 0
+
+
+def test_every_panel_links_to_its_runbook_section(model: dict[str, Any]) -> None:
+    from tests.support.alerting import RUNBOOKS, github_anchors
+
+    anchors = github_anchors(RUNBOOKS.read_text(encoding="utf-8"))
+    for panel in _panels(model):
+        links = panel.get("links") or []
+        assert len(links) == 1, panel["title"]
+        url = links[0]["url"]
+        base, _, anchor = url.partition("#")
+        assert base == RUNBOOK_BASE_URL, url
+        assert anchor in anchors, f"{panel['title']}: no runbook section #{anchor}"
+    other = dash.build_dashboards(runbook_base_url="https://wiki.example.org/rb")
+    for panel in _panels(other["exit-health.json"]):
+        assert panel["links"][0]["url"].startswith("https://wiki.example.org/rb#")
+    with pytest.raises(ValueError, match="#"):
+        dash.build_dashboards(runbook_base_url="https://wiki.example.org/rb#x")
+
+
+def test_failed_exits_link_to_their_traces(model: dict[str, Any]) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from exitguard.telemetry import otel
+
+    for title in (dash.FAILED_EXITS_PANEL_TITLE, "Exits by outcome"):
+        (link,) = _panel(model, title)["fieldConfig"]["defaults"]["links"]
+        parts = urlsplit(link["url"])
+        assert parts.path == "/explore"
+        panes = json.loads(parse_qs(parts.query)["panes"][0])
+        (pane,) = panes.values()
+        assert pane["datasource"] == dash.TEMPO_DATASOURCE_UID
+        assert pane["range"] == {"from": "${__from}", "to": "${__to}"}
+        query = pane["queries"][0]["query"]
+        # The span name and attributes the telemetry really writes.
+        assert f'name = "{otel.EXIT_SPAN}"' in query
+        assert f'span.{otel.A_OUTCOME} =~ "failed|unresolved"' in query
+        assert f'span.{otel.A_GUARD} =~ "${{guard:pipe}}"' in query
+    # Exemplars (trace_id) on the exit-time panels open single traces.
+    assert any(t["exemplar"] for t in _panel(model, dash.EXIT_TIME_PANEL_TITLE)["targets"])
+
+
+def test_fleet_row_and_drill_down_per_instance(model: dict[str, Any]) -> None:
+    by_title = {p["title"]: p for p in _panels(model)}
+    for title in dash.FLEET_PANEL_TITLES:
+        assert title in by_title, title
+    breakers = by_title["Open breakers per venue"]["targets"][0]["expr"]
+    assert breakers.startswith("count by (breaker) (max by (instance, guard, breaker) ("), breakers
+    failing = by_title["Exits failing per instance"]["targets"][0]
+    assert failing["expr"].startswith("sum by (instance) (increase("), failing["expr"]
+    assert failing["legendFormat"] == "{{instance}}"
+    halted = by_title["Halted processes"]["targets"][0]["expr"]
+    assert halted.startswith("count(max by (instance) ("), halted
+    for title in ("Exits failing per instance", "Trading halted by instance"):
+        (link,) = by_title[title]["fieldConfig"]["defaults"]["links"]
+        assert link["url"].startswith(f"/d/{model['uid']}/?"), link
+        assert "var-instance=${__field.labels.instance}" in link["url"]
+        assert "${__url_time_range}" in link["url"]
+    assert "instance" in _variables(model)

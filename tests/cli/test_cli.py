@@ -477,7 +477,8 @@ def test_runbook_base_url_is_configurable(capsys: pytest.CaptureFixture[str],
 
 
 @pytest.mark.parametrize(("command", "options"), [
-    ("dashboards", ["--datasource-uid", "prom-x", "--job", "my bots", "--title", "My exits"]),
+    ("dashboards", ["--datasource-uid", "prom-x", "--job", "my bots", "--title", "My exits",
+                    "--runbook-base-url", "https://wiki.example.org/rb"]),
     ("alerts", ["--job", "my bots", "--runbook-base-url", "https://wiki.example.org/rb"]),
 ])
 def test_check_prints_the_exact_build_command_with_the_flags_used(

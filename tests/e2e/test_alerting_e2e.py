@@ -24,9 +24,11 @@ from tests.support.alerting import (
     AlertingStack,
     alerting_stack,
 )
+from tests.support.e2e_bot import venue_of
 from tests.support.servers import Received
 
 GUARD = "e2e-bot"
+VENUE = venue_of(GUARD)
 ALERT = "ExitguardCircuitBreakerTripped"
 RULE = next(rule for rule in all_rules() if rule.alert == ALERT)
 SUMMARY = RULE.summary
@@ -44,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertingStack]:
 
 
 def _breaker_page(received: Received) -> bool:
-    return ALERT in received.text and f"guard={GUARD}" in received.text
+    return ALERT in received.text and f"venue={VENUE}" in received.text
 
 
 def test_a_breaker_trip_pages_slack_and_discord_through_prometheus_and_alertmanager(
@@ -62,7 +64,7 @@ def test_a_breaker_trip_pages_slack_and_discord_through_prometheus_and_alertmana
     assert "attachments" in pager_slack.json() or "blocks" in pager_slack.json()
     assert "embeds" in pager_discord.json() or "content" in pager_discord.json()
     for page in (pager_slack, pager_discord):
-        for line in (f"guard: {GUARD}", "breaker: venue", "event: breaker_open",
+        for line in (f"guard: {GUARD}", f"breaker: {VENUE}", "event: breaker_open",
                      "transition: closed → open", f"runbook: {RUNBOOK}"):
             assert line in page.text, (line, page.text)
         assert 0 < page.at - tripped_at < PAGER_WITHIN_S
@@ -73,22 +75,22 @@ def test_a_breaker_trip_pages_slack_and_discord_through_prometheus_and_alertmana
     am_discord = stack.sink.wait_for_requests(AM_DISCORD, where=_breaker_page,
                                               timeout=ALERTMANAGER_WITHIN_S)[0]
     for page in (am_slack, am_discord):
-        for expected in (f"FIRING {ALERT} guard={GUARD} breaker=venue",
+        for expected in (f"FIRING {ALERT} venue={VENUE}\n",
                          f"Summary: {SUMMARY}",
-                         f"Circuit breaker venue of guard {GUARD} is open",
+                         f"Venue {VENUE}: 1 circuit breaker(s) across the fleet are open",
                          f"Runbook: {RUNBOOK}"):
             assert expected in page.text, (expected, page.text)
         assert page.at > tripped_at
     slack = am_slack.json()["attachments"][0]
     assert slack["color"] == "danger"
     assert slack["title_link"] == RUNBOOK
-    assert f"{ALERT} guard={GUARD} breaker=venue (critical)" in slack["title"]
+    assert f"{ALERT} venue={VENUE} (critical)" in slack["title"]
     assert am_discord.json()["embeds"][0]["title"].startswith(f"[FIRING:1] {ALERT}")
 
     # The same alert, as Prometheus and Alertmanager hold it.
     firing = [a for a in stack.prometheus.alerts()
               if a["labels"]["alertname"] == ALERT and a["state"] == "firing"]
-    assert [(a["labels"]["guard"], a["labels"]["breaker"]) for a in firing] == [(GUARD, "venue")]
+    assert [a["labels"]["venue"] for a in firing] == [VENUE]
     held = [a for a in stack.alertmanager.alerts() if a["labels"]["alertname"] == ALERT]
     assert held
     assert held[0]["labels"]["severity"] == "critical"
@@ -97,4 +99,4 @@ def test_a_breaker_trip_pages_slack_and_discord_through_prometheus_and_alertmana
     # Nothing reached the sink but pages for this guard (no other guard, no stray receiver).
     for received in stack.sink.requests():
         assert received.path.startswith(("/slack/", "/discord/", "/pager/")), received.path
-        assert GUARD in received.text
+        assert GUARD in received.text or VENUE in received.text

@@ -47,6 +47,7 @@ def stack_config(port: int) -> str:
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == "exitguard"]
     assert jobs, "stack/prometheus.yml has no exitguard job"
     jobs[0]["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    jobs[0].pop("file_sd_configs", None)  # the fleet's target files are container paths
     config["scrape_configs"] = jobs
     return yaml.safe_dump(config)
 

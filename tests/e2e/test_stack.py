@@ -238,6 +238,22 @@ def test_prometheus_service_matches_its_config(compose: dict[str, Any]) -> None:
             assert host == "localhost" or host in SERVICES, target
 
 
+def test_prometheus_finds_a_fleet_in_the_mounted_targets_directory(
+    compose: dict[str, Any],
+) -> None:
+    """A fleet lists its bot processes in stack/targets/*.yml (file_sd); compose mounts that
+    directory where the exitguard job reads it, and the example there is a valid file_sd file."""
+    prometheus = compose["services"]["prometheus"]
+    config = _load(STACK / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == dash.DEFAULT_JOB]
+    (files,) = [sd["files"] for sd in job["file_sd_configs"]]
+    mounted = _mount_target(prometheus, STACK / "targets")
+    assert files == [f"{mounted}/*.yml"]
+    example = yaml.safe_load((STACK / "targets" / "fleet.yml.example").read_text())
+    assert all(set(group) <= {"targets", "labels"} and group["targets"] for group in example)
+    assert not list((STACK / "targets").glob("*.yml")), "the stack ships no fleet targets"
+
+
 def test_promtool_check_config(tmp_path: Path) -> None:
     """Rule paths in stack/prometheus.yml are container paths: check a copy pointing at the
     repository's rules (or with no rules while alerts/ has none yet)."""

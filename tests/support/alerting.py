@@ -157,7 +157,9 @@ class AlertingStack:
 
 
 @contextlib.contextmanager
-def alerting_stack(workdir: Path, guards: Sequence[str]) -> Iterator[AlertingStack]:
+def alerting_stack(
+    workdir: Path, guards: Sequence[str], bot_args: Sequence[str] = ()
+) -> Iterator[AlertingStack]:
     """Sink, Alertmanager, bot, Prometheus (in that order), all torn down on the way out.
 
     Alertmanager pages ``/slack/...`` and ``/discord/...`` of the sink; the bot's pager (the
@@ -188,6 +190,7 @@ def alerting_stack(workdir: Path, guards: Sequence[str]) -> Iterator[AlertingSta
                 argv += ["--pager-url", url]
             for guard in guards:
                 argv += ["--guard", guard]
+            argv += bot_args
             env = {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
             with running("exitguard-bot", argv, ready_url=f"http://127.0.0.1:{port}/metrics",
                          workdir=workdir, env=env, stdin=subprocess.PIPE) as bot:

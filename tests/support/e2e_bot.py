@@ -6,14 +6,16 @@
         [--slack-endpoint http://127.0.0.1:P/pager/slack] \\
         [--discord-endpoint http://127.0.0.1:P/pager/discord]
 
-Each guard exits through its own ``ScriptedVenue`` (named ``venue``) and circuit breaker (three
+Each guard exits through its own ``ScriptedVenue`` (named :func:`venue_of` the guard: one venue
+per guard, so each trip is its own per-venue alert) and circuit breaker (three
 failed exits open it), on a real asyncio loop in real time. Telemetry metrics
 (``exitguard.telemetry.instrument``) are served on ``http://127.0.0.1:PORT/metrics``; the
 in-process ``Pager`` pages the apprise URLs on every breaker trip. ``--slack-endpoint`` and
 ``--discord-endpoint`` point apprise's real Slack and Discord plugins at a local server instead
 of hooks.slack.com and discord.com (tests only).
 
-At start every guard makes one successful exit: the healthy state Prometheus scrapes first.
+At start every guard makes one successful exit: the healthy state Prometheus scrapes first
+(with ``--fail-first GUARD``, that guard's first exit fails instead, before any scrape).
 Then it reads commands on stdin, one a line:
 
     trip GUARD    GUARD's venue goes down; exits run (and fail) until its breaker opens
@@ -81,16 +83,21 @@ class TripMarker:
             self.events.write("tripped", guard=event.guard, breaker=event.breaker)
 
 
+def venue_of(guard: str) -> str:
+    """The name of ``guard``'s venue (and so of its breaker, the alerts' ``venue`` label)."""
+    return f"venue-{guard}"
+
+
 class Bot:
     """One guard: a venue that is healthy until :meth:`trip`."""
 
     def __init__(self, name: str, hooks: Sequence[Hooks]) -> None:
         self.name = name
         self.venue_down = False
-        self.venue = ScriptedVenue(self._plan, name="venue")
+        self.venue = ScriptedVenue(self._plan, name=venue_of(name))
         self.guard = ExitGuard(
             self.venue, name=name, policy=POLICY, deadline=3.0, hooks=list(hooks),
-            breaker=CircuitBreaker(FAILURE_THRESHOLD, name="venue", cooldown=3600.0),
+            breaker=CircuitBreaker(FAILURE_THRESHOLD, name=venue_of(name), cooldown=3600.0),
         )
         self._exits = 0
 
@@ -140,9 +147,12 @@ async def main(args: argparse.Namespace) -> None:
     server = telemetry.serve_metrics(port=args.port)
     try:
         for bot in bots.values():
+            bot.venue_down = bot.name in args.fail_first
             status = await bot.exit_once()
-            if status is not ExitStatus.CLOSED:
-                raise RuntimeError(f"the healthy exit of {bot.name} ended {status}")
+            expected = ExitStatus.FAILED if bot.venue_down else ExitStatus.CLOSED
+            bot.venue_down = False
+            if status is not expected:
+                raise RuntimeError(f"the first exit of {bot.name} ended {status}")
         events.write("ready", guards=list(bots), metrics=server.url)
 
         loop = asyncio.get_running_loop()
@@ -173,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", required=True, help="JSON lines file of events")
     parser.add_argument("--guard", action="append", required=True, help="a guard name")
     parser.add_argument("--pager-url", action="append", default=[], help="an apprise URL")
+    parser.add_argument("--fail-first", action="append", default=[], metavar="GUARD",
+                        help="GUARD's first exit fails (before any scrape), the others close")
     parser.add_argument("--slack-endpoint", help="apprise's Slack webhook base URL (tests)")
     parser.add_argument("--discord-endpoint", help="apprise's Discord webhook base URL (tests)")
     return parser.parse_args(argv)

@@ -20,6 +20,7 @@ from exitguard.filestore import PRIVATE, SHARED, atomic_write_text
 
 from . import _yaml
 from .drift import drift
+from .rules import INSTANCE_LABEL, VENUE_LABEL
 
 #: Where the committed Alertmanager config reads the webhook URLs (mounted secrets).
 DEFAULT_SLACK_URL_FILE = "/etc/alertmanager/secrets/slack_webhook_url"
@@ -102,7 +103,10 @@ def render_alertmanager_config(
     data = {
         "route": {
             "receiver": WARNING_RECEIVER,
-            "group_by": ["alertname", GUARD_LABEL],
+            # One page per alert and venue, not per process: a venue outage seen by twenty
+            # processes is one breaker alert (the rule counts them by venue), and the
+            # per-process alerts it causes (failed exits, halts) share one notification.
+            "group_by": ["alertname", VENUE_LABEL],
             "group_wait": tm.group_wait,
             "group_interval": tm.group_interval,
             "repeat_interval": tm.repeat_interval,
@@ -117,18 +121,20 @@ def render_alertmanager_config(
                 {"receiver": WARNING_RECEIVER, "matchers": ['severity="warning"']},
             ],
         },
+        # (The retry warning of a guard whose breaker is open is held back by its rule: the
+        # breaker alert is per venue, it has no guard label to match here.)
         "inhibit_rules": [
-            {
-                # An open breaker already explains (and stops) the retries.
-                "source_matchers": ['alertname="ExitguardCircuitBreakerTripped"'],
-                "target_matchers": ['alertname="ExitguardExitRetryRateHigh"'],
-                "equal": [GUARD_LABEL],
-            },
             {
                 # The critical stage of an alert replaces its warning stage.
                 "source_matchers": ['severity="critical"'],
                 "target_matchers": ['severity="warning"'],
-                "equal": ["alertname", GUARD_LABEL],
+                "equal": ["alertname", INSTANCE_LABEL, GUARD_LABEL],
+            },
+            {
+                # A target that cannot be scraped explains the missing metrics (the rule
+                # also holds back while every target is down; this covers the for: delays).
+                "source_matchers": ['alertname="ExitguardTargetDown"'],
+                "target_matchers": ['alertname="ExitguardMetricsAbsent"'],
             },
         ],
         "receivers": [

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
+from urllib.parse import quote
 
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.builders import dashboard as dash_b
@@ -36,6 +37,7 @@ from grafana_foundation_sdk.models import prometheus as prom_m
 
 from exitguard import catalogue as cat
 from exitguard.filestore import SHARED, atomic_write_text
+from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 
 from .drift import drift, stale
 
@@ -49,6 +51,10 @@ __all__ = [
     "DEFAULT_TITLE",
     "DEFAULT_VARIABLE_VALUES",
     "EXIT_TIME_PANEL_TITLE",
+    "FAILED_EXITS_PANEL_TITLE",
+    "FLEET_PANEL_TITLES",
+    "PANEL_RUNBOOKS",
+    "TEMPO_DATASOURCE_UID",
     "build_dashboards",
     "check_dashboards",
     "dashboard_queries",
@@ -68,6 +74,10 @@ DEFAULT_OUT_DIR = Path("dashboards")
 #: The default total exit deadline; drawn as a threshold line on the exit-time panel.
 DEADLINE_SECONDS = 30.0
 EXIT_TIME_PANEL_TITLE = "Exit time (p50 / p90 / p99)"
+FAILED_EXITS_PANEL_TITLE = "Failed / unresolved exits"
+#: The uid of the Tempo datasource provisioned by the compose stack (``stack/grafana``): the
+#: failed-exit panels link to the traces of those exits there.
+TEMPO_DATASOURCE_UID = "tempo"
 
 #: Values for the dashboard's variables when a query is run outside Grafana (live tests):
 #: the "All" value for multi-value variables and fixed windows for Grafana's built-ins.
@@ -88,6 +98,9 @@ _ALL = ".*"
 # appears with its first exit and never goes away, so every guard that ever exited is listed.
 _VARIABLE_SOURCE = cat.EXITS_IN_FLIGHT.name
 _PROCESS_SELECTOR = 'job=~"$job", instance=~"$instance"'
+#: The fleet row looks at every process of the job, whatever the instance and guard pickers say.
+_FLEET_SELECTOR = 'job=~"$job"'
+_FAILED = 'outcome=~"failed|unresolved"'
 _SELECTOR = f'{_PROCESS_SELECTOR}, {cat.GUARD_LABEL}=~"$guard"'
 _RATE = "$__rate_interval"
 _RANGE = "$__range"
@@ -268,9 +281,10 @@ def _stat(
     *,
     mappings: list[dash_m.ValueMapping] | None = None,
     no_value: str = "0",
+    w: int = 3,
 ) -> stat_b.Panel:
     panel = (
-        _panel(stat_b.Panel(), title, description, unit, [target], w=4, h=4)
+        _panel(stat_b.Panel(), title, description, unit, [target], w=w, h=4)
         .thresholds(thresholds)
         .color_mode(common_m.BigValueColorMode.BACKGROUND)
         .graph_mode(common_m.BigValueGraphMode.NONE)
@@ -359,7 +373,31 @@ def _overview() -> _Panels:
         f"{_increase(cat.EXITS_FIRST_ATTEMPT, window=_RANGE)}"
         f" / {_increase(cat.EXITS, extra=_ATTEMPTED, window=_RANGE)}"
     )
+    # The two things that page come first: exits that failed or may still land, and breakers.
+    failed = (
+        f"round(sum(increase({_sel(cat.EXITS, extra=_FAILED)}[{_RANGE}])))"
+    )
+    open_value = cat.BREAKER_STATE_VALUES["open"]
+    open_breakers = (
+        f"count(max by (instance, guard, breaker) ({_sel(cat.BREAKER_STATE)}) == {open_value})"
+        f" or sum(max by (instance, guard, breaker) ({_sel(cat.BREAKER_STATE)})) * 0"
+    )
+    all_closed = dash_m.ValueMap(
+        options={"0": dash_m.ValueMappingResult(text="all closed", color=_GREEN, index=0)}
+    )
     return [
+        _stat(FAILED_EXITS_PANEL_TITLE, "Exits that ended failed or unresolved in the time"
+            " range (a count, not a rate: a bot exits a few times an hour). The position may"
+            " still be open. Click a value for the traces of those exits.", "short",
+            _query(failed, "failed or unresolved", "A", instant=True),
+            _steps((None, _GREEN), (1, _RED)),
+        ),
+        _stat("Open breakers", "Circuit breakers open now (one per guard and venue of each"
+            " process): their processes halted new entries; exits still go.", "short",
+            _query(open_breakers, "open", "A", instant=True),
+            _steps((None, _GREEN), (1, _RED)),
+            mappings=[all_closed], no_value="no breakers",
+        ),
         _stat("First-attempt success", "Share of exits in the time range that closed on"
             " their first attempt (refused exits excluded).", "percentunit",
             _query(first_ratio, "first attempt", "A", instant=True),
@@ -415,9 +453,10 @@ def _exits() -> _Panels:
         .axis_soft_max(DEADLINE_SECONDS * 1.1)
     )
     return [
-        _timeseries("Exits by outcome", "Finished exits per second, by outcome.", "ops",
-            [_query(_rate(cat.EXITS, by=("outcome",)), "{{outcome}}", "A")],
-            stacked=True,
+        _timeseries("Exits by outcome", "Finished exits per interval, by outcome (counts: a"
+            " bot exits a few times an hour). Click a failed or unresolved bar for its traces.",
+            "short", [_query(_increase(cat.EXITS, by=("outcome",)), "{{outcome}}", "A")],
+            bars=True, stacked=True,
         ),
         _timeseries("First-attempt success ratio", "Share of finished exits that closed on the"
             " first attempt, and share that needed retries (refused exits excluded).",
@@ -548,6 +587,145 @@ def _faults() -> _Panels:
     ]
 
 
+#: The fleet row: every process of the job at once (not filtered by the instance and guard
+#: pickers); its per-instance panels link down to this dashboard for that instance.
+FLEET_PANEL_TITLES = (
+    "Halted processes", "Open breakers per venue", "Exits failing per instance",
+    "Trading halted by instance",
+)
+
+
+def _fleet_sel(spec: cat.MetricSpec, extra: str = "") -> str:
+    matchers = f"{_FLEET_SELECTOR}, {extra}" if extra else _FLEET_SELECTOR
+    return f"{spec.series()}{{{matchers}}}"
+
+
+def _fleet() -> _Panels:
+    open_value = cat.BREAKER_STATE_VALUES["open"]
+    per_breaker = f"max by (instance, guard, breaker) ({_fleet_sel(cat.BREAKER_STATE)})"
+    halted = f"max by (instance) ({_fleet_sel(cat.TRADING_HALTED)})"
+    halted_processes = _stat(FLEET_PANEL_TITLES[0], "Bot processes (scrape targets) with new"
+        " entries halted now, across the fleet; exits still run. Which ones: the timeline"
+        " below.", "short",
+        _query(f"count({halted} > 0) or sum({halted}) * 0", "halted", "A", instant=True),
+        _steps((None, _GREEN), (1, _RED)), no_value="no processes", w=4,
+    ).height(8)
+    return [
+        halted_processes,
+        _timeseries(FLEET_PANEL_TITLES[1], "Open circuit breakers of each venue across the"
+            " fleet (one per guard of each process; a breaker is named after its venue). One"
+            " venue outage seen by every process is one line here and one page.", "short",
+            [_query(
+                f"count by (breaker) ({per_breaker} == {open_value})"
+                f" or count by (breaker) ({per_breaker}) * 0",
+                "{{breaker}}", "A",
+            )],
+            w=10,
+        ),
+        _timeseries(FLEET_PANEL_TITLES[2], "Exits that ended failed or unresolved, per"
+            " interval and process. Click a bar to drill down to that process.", "short",
+            [_query(
+                f"sum by (instance) (increase({_fleet_sel(cat.EXITS, _FAILED)}[{_RATE}]))",
+                "{{instance}}", "A",
+            )],
+            w=10, bars=True, stacked=True,
+        ),
+        _state_timeline(FLEET_PANEL_TITLES[3], "Whether each process halted new entries."
+            " Click a process to drill down to it.",
+            [_query(halted, "{{instance}}", "A")],
+            {0: ("trading", _GREEN), 1: ("halted", _RED)},
+            w=24,
+        ),
+    ]
+
+
+#: The runbook section (alert name, or anchor) each panel links to, by panel title.
+PANEL_RUNBOOKS: Mapping[str, str] = {
+    FAILED_EXITS_PANEL_TITLE: "ExitguardExitFailed",
+    "Open breakers": "ExitguardCircuitBreakerTripped",
+    "First-attempt success": "ExitguardExitRetryRateHigh",
+    "p99 exit time": "ExitguardExitP99Slow",
+    "Deadline breaches": "ExitguardExitDeadlineExceeded",
+    "Exits in flight": "ExitguardUnresolvedExitTransactions",
+    "Unresolved transactions": "ExitguardUnresolvedExitTransactions",
+    "Trading": "ExitguardTradingHalted",
+    "Halted processes": "ExitguardTradingHalted",
+    "Open breakers per venue": "ExitguardCircuitBreakerTripped",
+    "Exits failing per instance": "ExitguardExitFailed",
+    "Trading halted by instance": "ExitguardTradingHalted",
+    "Exits by outcome": "ExitguardExitFailed",
+    "First-attempt success ratio": "ExitguardExitRetryRateHigh",
+    EXIT_TIME_PANEL_TITLE: "ExitguardExitP99Slow",
+    "Exit time distribution": "ExitguardExitP99Slow",
+    "In-flight exits and unresolved transactions": "ExitguardUnresolvedExitTransactions",
+    "Retries by error class": "ExitguardExitRetryRateHigh",
+    "Attempts by order mode": "ExitguardExitSlippageHigh",
+    "Attempt results": "ExitguardExitRetryRateHigh",
+    "Slippage distribution": "ExitguardExitSlippageHigh",
+    "Slippage (average and p90)": "ExitguardExitSlippageHigh",
+    "Loss amplification": "ExitguardLossAmplified",
+    "Circuit breaker state": "ExitguardCircuitBreakerTripped",
+    "Trading halted": "ExitguardTradingHalted",
+    "Breaker trips, halts and resumes": "ExitguardCircuitBreakerTripped",
+    "Late fills": "ExitguardUnresolvedExitTransactions",
+    "Pages sent": "In-process pager",
+    "Faults absorbed": "ExitguardFaultsAbsorbed",
+    "Trace export failures": "ExitguardTraceExportFailing",
+}
+
+#: Span name and attributes of an exit's trace (``exitguard.telemetry.otel``; a test keeps
+#: them equal, artefacts may not import telemetry).
+_EXIT_SPAN = "exitguard.exit"
+_SPAN_OUTCOME = "span.exitguard.outcome"
+_SPAN_GUARD = "span.exitguard.guard"
+#: Grafana variables left unencoded in a link URL so Grafana fills them in.
+_LINK_VARIABLES = ("${__from}", "${__to}", "${guard:pipe}")
+
+
+def _runbook_link(title: str, base_url: str) -> dict[str, Any]:
+    section = PANEL_RUNBOOKS.get(title)
+    if section is None:
+        raise ValueError(f"panel {title!r} has no runbook in PANEL_RUNBOOKS")
+    url = runbook_url(section, base_url).replace(" ", "-")
+    return {"title": f"Runbook: {section}", "url": url, "targetBlank": True}
+
+
+def _traces_link(tempo_uid: str) -> dict[str, Any]:
+    """A data link to Grafana Explore: the traces of failed or unresolved exits of the guards
+    picked, over the panel's time range (Tempo, TraceQL)."""
+    traceql = (
+        f'{{ name = "{_EXIT_SPAN}" && {_SPAN_OUTCOME} =~ "failed|unresolved"'
+        f' && {_SPAN_GUARD} =~ "${{guard:pipe}}" }}'
+    )
+    panes = {"traces": {
+        "datasource": tempo_uid,
+        "queries": [{
+            "refId": "A", "datasource": {"type": "tempo", "uid": tempo_uid},
+            "queryType": "traceql", "query": traceql, "limit": 50, "tableType": "traces",
+        }],
+        "range": {"from": "${__from}", "to": "${__to}"},
+    }}
+    encoded = quote(json.dumps(panes, separators=(",", ":")), safe="")
+    for variable in _LINK_VARIABLES:
+        encoded = encoded.replace(quote(variable, safe=""), variable)
+    return {
+        "title": "Traces of failed / unresolved exits",
+        "url": f"/explore?schemaVersion=1&orgId=1&panes={encoded}",
+        "targetBlank": True,
+    }
+
+
+def _drill_down_link(dashboard_uid: str) -> dict[str, Any]:
+    """A data link from a process's series to this dashboard, filtered to that process."""
+    return {
+        "title": "Drill down to ${__field.labels.instance}",
+        "url": (
+            f"/d/{dashboard_uid}/?${{__url_time_range}}&var-datasource=${{datasource}}"
+            "&var-job=${job}&var-instance=${__field.labels.instance}&var-guard=$__all"
+        ),
+    }
+
+
 def _variables(datasource_uid: str, job: str) -> list[cog_builder.Builder[dash_m.VariableModel]]:
     def query_var(name: str, label: str, query: str) -> dash_b.QueryVariable:
         return (
@@ -635,10 +813,13 @@ def _dashboard_uid(job: str) -> str:
     return "exitguard-exit-health-" + hashlib.sha256(job.encode()).hexdigest()[:12]
 
 
-def _exit_health(datasource_uid: str, job: str, title: str) -> dict[str, Any]:
+def _exit_health(
+    datasource_uid: str, job: str, title: str, runbook_base_url: str
+) -> dict[str, Any]:
+    uid = _dashboard_uid(job)
     board = (
         dash_b.Dashboard(title)
-        .uid(_dashboard_uid(job))
+        .uid(uid)
         .description(
             "Exits of trading bots guarded by exitguard: outcomes, time against the deadline,"
             " retries and escalation, slippage, breaker and halts, pages, absorbed faults."
@@ -654,6 +835,7 @@ def _exit_health(datasource_uid: str, job: str, title: str) -> dict[str, Any]:
     )
     sections: list[tuple[str, _Panels]] = [
         ("Overview", _overview()),
+        ("Fleet: every process of the job", _fleet()),
         ("Exits", _exits()),
         ("Orders and retries", _orders()),
         ("Execution quality", _quality()),
@@ -668,6 +850,16 @@ def _exit_health(datasource_uid: str, job: str, title: str) -> dict[str, Any]:
     # Ids in layout order, assigned here so that adding a panel renumbers predictably.
     for number, panel in enumerate(model["panels"], start=1):
         panel["id"] = number
+        if panel["type"] == "row":
+            continue
+        panel["links"] = [_runbook_link(panel["title"], runbook_base_url)]
+        data_links: list[dict[str, Any]] = []
+        if panel["title"] in (FAILED_EXITS_PANEL_TITLE, "Exits by outcome"):
+            data_links.append(_traces_link(TEMPO_DATASOURCE_UID))
+        if panel["title"] in FLEET_PANEL_TITLES[2:]:
+            data_links.append(_drill_down_link(uid))
+        if data_links:
+            panel["fieldConfig"]["defaults"]["links"] = data_links
     for annotation in model["annotations"]["list"]:
         if annotation["name"] == _ALERT_ANNOTATION_NAME:
             annotation.update(_ALERT_ANNOTATION_EXTRA)
@@ -681,13 +873,17 @@ def build_dashboards(
     datasource_uid: str = DEFAULT_DATASOURCE_UID,
     job: str = DEFAULT_JOB,
     title: str = DEFAULT_TITLE,
+    runbook_base_url: str = RUNBOOK_BASE_URL,
 ) -> dict[str, dict[str, Any]]:
     """Every dashboard as a JSON model, by file name.
 
     ``datasource_uid`` is the default of the dashboard's datasource picker, ``job`` the default
-    of its job picker (the bot's scrape job), ``title`` the dashboard's title.
+    of its job picker (the bot's scrape job), ``title`` the dashboard's title; every panel
+    links to its section of the runbooks page at ``runbook_base_url`` (the same
+    ``--runbook-base-url`` as ``exitguard alerts build``).
     """
-    return {_FILE_NAME: _exit_health(datasource_uid, job, title)}
+    check_base_url(runbook_base_url)
+    return {_FILE_NAME: _exit_health(datasource_uid, job, title, runbook_base_url)}
 
 
 def render(model: Mapping[str, Any]) -> str:
@@ -701,10 +897,11 @@ def write_dashboards(
     datasource_uid: str = DEFAULT_DATASOURCE_UID,
     job: str = DEFAULT_JOB,
     title: str = DEFAULT_TITLE,
+    runbook_base_url: str = RUNBOOK_BASE_URL,
 ) -> list[Path]:
     """Write every dashboard into ``out_dir`` (created if needed); returns the paths written."""
     written = []
-    dashboards = build_dashboards(datasource_uid=datasource_uid, job=job, title=title)
+    dashboards = build_dashboards(datasource_uid, job, title, runbook_base_url)
     for name, model in sorted(dashboards.items()):
         path = out_dir / name
         atomic_write_text(path, render(model), mode=SHARED)
@@ -718,13 +915,14 @@ def check_dashboards(
     datasource_uid: str = DEFAULT_DATASOURCE_UID,
     job: str = DEFAULT_JOB,
     title: str = DEFAULT_TITLE,
+    runbook_base_url: str = RUNBOOK_BASE_URL,
 ) -> list[str]:
     """Differences between ``out_dir`` and what the code generates; empty when up to date.
 
     A stale ``*.json`` left in ``out_dir`` is reported too: Grafana would still provision it.
     """
     problems: list[str] = []
-    dashboards = build_dashboards(datasource_uid=datasource_uid, job=job, title=title)
+    dashboards = build_dashboards(datasource_uid, job, title, runbook_base_url)
     for name, model in sorted(dashboards.items()):
         problems.extend(drift(out_dir / name, render(model), _items))
     return problems + stale(out_dir, "*.json", dashboards)

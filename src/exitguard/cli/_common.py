@@ -119,6 +119,16 @@ def otlp_endpoint(text: str) -> str:
     return text
 
 
+def runbook_base_url(text: str) -> str:
+    """``--runbook-base-url``: an http(s) URL of the runbooks page, without an anchor."""
+    from ..runbooks import check_base_url
+
+    try:
+        return check_base_url(text, field="--runbook-base-url")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--runbook-base-url ")) from None
+
+
 def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")

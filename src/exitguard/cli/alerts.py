@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runbooks import RUNBOOK_BASE_URL, check_base_url
+from ..runbooks import RUNBOOK_BASE_URL
 from ._common import (
     EXIT_OK,
     CliError,
@@ -18,17 +18,11 @@ from ._common import (
     command_line,
     non_empty,
     report_check,
+    runbook_base_url,
 )
 
 #: Where ``alerts build|check`` write and read by default (the repository's alerts/).
 DEFAULT_ALERTS_DIR = "alerts"
-
-
-def _runbook_base_url(text: str) -> str:
-    try:
-        return check_base_url(text, field="--runbook-base-url")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--runbook-base-url ")) from None
 
 
 def add_parser(commands: Commands) -> None:
@@ -48,7 +42,7 @@ def add_parser(commands: Commands) -> None:
                         help="the bot's scrape job, watched by ExitguardTargetDown (default: "
                              "any job whose name contains 'exitguard'); the same --job as "
                              "'exitguard dashboards build'")
-    alerts.add_argument("--runbook-base-url", metavar="URL", type=_runbook_base_url,
+    alerts.add_argument("--runbook-base-url", metavar="URL", type=runbook_base_url,
                         help="where your copy of docs/runbooks.md is published; each alert "
                              "links to a section of it (default: exitguard's, on GitHub)")
     alerts.set_defaults(handler=run)
@@ -64,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out is the alerts directory (both files are written into it), "
                        f"not a file: {args.out!r}")
     job: str | None = args.job
-    runbook_base_url: str = args.runbook_base_url or RUNBOOK_BASE_URL
+    base_url: str = args.runbook_base_url or RUNBOOK_BASE_URL
     try:
         if args.action == "build":
-            for written in build_all(out, job=job, runbook_base_url=runbook_base_url):
+            for written in build_all(out, job=job, runbook_base_url=base_url):
                 print(f"wrote {written}")
             return EXIT_OK
-        problems = check_all(out, job=job, runbook_base_url=runbook_base_url)
+        problems = check_all(out, job=job, runbook_base_url=base_url)
     except OSError as exc:
         raise CliError(f"alerts: {exc.strerror or exc}: {exc.filename or out}") from None
     fix = command_line("alerts", "build", options=(

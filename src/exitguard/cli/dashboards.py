@@ -13,6 +13,7 @@ from ._common import (
     command_line,
     non_empty,
     report_check,
+    runbook_base_url,
 )
 
 #: Where ``dashboards build|check`` write and read by default (the repository's dashboards/).
@@ -39,6 +40,10 @@ def add_parser(commands: Commands) -> None:
                                  "(the same --job as 'exitguard alerts build')")
     dashboards.add_argument("--title", metavar="T", type=non_empty,
                             help="dashboard title")
+    dashboards.add_argument("--runbook-base-url", metavar="URL", type=runbook_base_url,
+                            help="where your copy of docs/runbooks.md is published; each panel "
+                                 "links to a section of it (the same --runbook-base-url as "
+                                 "'exitguard alerts build'; default: exitguard's, on GitHub)")
     dashboards.set_defaults(handler=run)
 
 
@@ -49,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"the dashboards cannot be generated here: {exc}") from None
     options = {key: value for key, value in (
         ("datasource_uid", args.datasource_uid), ("job", args.job), ("title", args.title),
+        ("runbook_base_url", args.runbook_base_url),
     ) if value is not None}
     out = Path(args.out)
     try:
@@ -64,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
         ("--datasource-uid", args.datasource_uid),
         ("--job", args.job),
         ("--title", args.title),
+        ("--runbook-base-url", args.runbook_base_url),
     ))
     return report_check(problems, f"dashboards in {out} are up to date", fix)
