@@ -640,3 +640,11 @@ def test_serve_without_telemetry_exits_2(capsys: pytest.CaptureFixture[str],
     code, _, err = run(capsys, "demo", "--serve", "--port", "0", "--duration", "1")
     assert code == 2
     assert_one_line_error(err, "--serve needs exitguard.telemetry")
+
+
+def test_start_phase_needs_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    from exitguard.cli import main
+
+    assert main(["demo", "--start-phase", "outage"]) == 2
+    err = capsys.readouterr().err
+    assert err == "exitguard: error: --start-phase only makes sense with --serve\n"

@@ -116,3 +116,31 @@ def test_pager_is_attached_only_when_configured(tmp_path: Path,
             _pager(demo.guard)
 
     asyncio.run(main())
+
+
+def test_start_phase_outage_trips_the_breaker_within_seconds(tmp_path: Path) -> None:
+    """``demo --serve --start-phase outage`` (``exitguard stack up --outage``): the cycle
+    begins with the outage, so a breaker opens in the first virtual seconds."""
+    demo = build_demo(ServeOptions(seed=3, start_phase="outage"), halt_dir=tmp_path)
+    assert demo.phase.name == "outage"
+    opened: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        runner = loop.create_task(demo.run())
+        for _ in range(30):
+            await asyncio.sleep(1.0)
+            if demo.halt.is_halted and not opened:
+                opened.append(loop.time())
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+    run_virtual(main())
+    assert opened, "no breaker opened (so no halt) in 30 s of the outage phase"
+    control = build_demo(ServeOptions(seed=3), halt_dir=tmp_path / "control")
+    assert control.phase.name == "normal"
+
+
+def test_an_unknown_start_phase_fails_at_construction() -> None:
+    with pytest.raises(ValueError, match=r"^start_phase: unknown demo phase 'outgae'"):
+        ServeOptions(start_phase="outgae")

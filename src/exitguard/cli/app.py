@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import alerts, dashboards, demo, halt, simulate
+from . import alerts, dashboards, demo, halt, simulate, stack
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -34,6 +34,7 @@ examples:
   exitguard simulate --runs 1000 --seed 7 what each safeguard is worth, in percentiles
   exitguard demo --serve --port 9464      a live demo bot for Prometheus and Grafana
   exitguard halt status --file halt.json  is trading halted, and why
+  exitguard stack up --outage             Prometheus, Alertmanager, a bot; a page in a minute
 
 'exitguard COMMAND --help' describes each command."""
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for command in (demo, simulate, halt, dashboards, alerts):
+    for command in (demo, simulate, halt, dashboards, alerts, stack):
         command.add_parser(commands)
     return parser
 

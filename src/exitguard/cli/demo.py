@@ -7,6 +7,7 @@ import textwrap
 
 from ._common import (
     EXIT_OK,
+    CliError,
     Commands,
     Formatter,
     add_verbose,
@@ -16,6 +17,10 @@ from ._common import (
     seed,
 )
 from .serve import add_serve_options, refuse_combined, refuse_serve_only_options, run_serve
+
+#: The demo cycle's phases (exitguard.sim.serve.demo_phase_names(); kept here so that
+#: ``--help`` imports no simulator).
+_PHASES = ("normal", "congestion", "outage")
 
 
 def _scenario(text: str) -> str:
@@ -56,6 +61,10 @@ def add_parser(commands: Commands) -> None:
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
     add_verbose(demo)
     add_serve_options(demo, "a demo bot cycling through normal trading, congestion and outages")
+    demo.add_argument("--start-phase", metavar="PHASE", choices=_PHASES,
+                      help="with --serve: begin the cycle at this phase (normal, congestion, "
+                           "outage); 'outage' fails exits at once, so a breaker trips and pages "
+                           "within seconds (default normal)")
     demo.set_defaults(handler=run)
 
 
@@ -64,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         refuse_combined(args, ("--json", args.json), ("--scenario", args.scenario))
         return run_serve(args, "demo")
     refuse_serve_only_options(args)
+    if args.start_phase is not None:
+        raise CliError("--start-phase only makes sense with --serve")
     from ..sim.report import demo_dict, demo_notes, demo_table
     from ..sim.run import run_demo
 

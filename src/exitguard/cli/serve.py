@@ -72,6 +72,7 @@ def run_serve(args: argparse.Namespace, mode: str) -> int:
         port=DEFAULT_METRICS_PORT if args.port is None else args.port,
         otlp_endpoint=args.otlp_endpoint,
         duration=args.duration,
+        start_phase=getattr(args, "start_phase", None),
     )
     try:
         return asyncio.run(serve(options))

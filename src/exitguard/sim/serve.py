@@ -61,6 +61,7 @@ __all__ = [
     "ServeError",
     "ServeOptions",
     "build_demo",
+    "demo_phase_names",
     "demo_phases",
     "random_phases",
     "serve",
@@ -140,6 +141,14 @@ class ServeOptions:
     exit_interval: tuple[float, float] = (0.5, 2.0)
     resume_after: float = 20.0
     max_in_flight: int = 50
+    #: ``demo`` only: begin the cycle at the first phase of this name (``outage`` makes exits
+    #: fail at once, so a breaker trips and pages within seconds: ``exitguard stack up``).
+    start_phase: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.start_phase is not None and self.start_phase not in demo_phase_names():
+            raise ValueError(f"start_phase: unknown demo phase {self.start_phase!r} (choose from"
+                             f" {', '.join(demo_phase_names())})")
 
 
 class DemoBot:
@@ -157,7 +166,7 @@ class DemoBot:
         self.fallback = fallback
         self.halt = halt
         self.rng = rng
-        self.phase = demo_phases()[0]
+        self.phase = _starting_at(demo_phases(), options.start_phase)[0]
         self.inventory: deque[Position] = deque()
         self.exits: set[asyncio.Task[None]] = set()
         self.ids = 0
@@ -234,7 +243,7 @@ class DemoBot:
     async def _phases(self) -> None:
         cycle: Iterator[Phase]
         if self.options.mode == "demo":
-            cycle = _repeat(demo_phases())
+            cycle = _repeat(_starting_at(demo_phases(), self.options.start_phase))
         else:
             cycle = random_phases(random.Random(self.rng.getrandbits(64)))
         for phase in cycle:
@@ -293,6 +302,19 @@ def _otlp_endpoint_from_env() -> str | None:
         if value:
             return value
     return None
+
+
+def demo_phase_names() -> list[str]:
+    """The distinct phase names of the demo's cycle, in order (``--start-phase`` choices)."""
+    return list(dict.fromkeys(phase.name for phase in demo_phases()))
+
+
+def _starting_at(phases: list[Phase], name: str | None) -> list[Phase]:
+    """The cycle rotated to begin at the first phase called ``name`` (unchanged for None)."""
+    if name is None:
+        return phases
+    first = [phase.name for phase in phases].index(name)
+    return phases[first:] + phases[:first]
 
 
 def _repeat(phases: list[Phase]) -> Iterator[Phase]:
