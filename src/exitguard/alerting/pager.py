@@ -60,6 +60,7 @@ from exitguard.redaction import (
     redact,
 )
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
+from exitguard.runbooks import resume_command as resume_command_text
 
 if TYPE_CHECKING:
     from exitguard.breaker import BreakerState
@@ -588,7 +589,7 @@ class Pager:
         elif isinstance(event, BreakerTransition):
             self.breaker_transition(event.guard, event.breaker, event.old, event.new)
         elif isinstance(event, Halted):
-            self.halted(event.guard, event.record)
+            self.halted(event.guard, event.record, event.resume_command)
         elif isinstance(event, HaltNotSaved):
             self.halt_not_saved(event.guard, event.error)
 
@@ -632,10 +633,13 @@ class Pager:
             )
         )
 
-    def halted(self, guard: str, record: HaltRecord) -> None:
+    def halted(self, guard: str, record: HaltRecord, resume_command: str | None = None) -> None:
         if not self.enabled:
             return
         # The reason may quote a venue's error or a corrupt file: it is said once, below.
+        # The command as pasted needs only NAME filled in: the halt file's path is in it, the
+        # approvers are stored with the halt and the key comes from the environment.
+        command = resume_command or resume_command_text(())
         self._event(
             _Event(
                 guard=guard,
@@ -643,7 +647,8 @@ class Pager:
                 title=lambda v: f"exitguard CRITICAL: trading halted (guard {v['guard']})",
                 headline=lambda v: (
                     f"Guard '{v['guard']}' halted new entries (reason below). Exits still run;"
-                    " resume with `exitguard halt resume --approver NAME --reason ...`."
+                    " an approver resumes trading with the command below (NAME: one of the"
+                    " approvers listed)."
                 ),
                 details=(
                     ("guard", _safe_text(guard, NAME_LIMIT)),
@@ -651,6 +656,8 @@ class Pager:
                     ("reason", _safe_text(record.reason)),
                     ("actor", _safe_text(record.actor, NAME_LIMIT)),
                     ("at", _iso(record.at)),
+                    ("resume", _safe_text(command)),
+                    ("approvers", _safe_text(", ".join(record.approvers))),
                 ),
             )
         )
