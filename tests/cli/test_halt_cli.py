@@ -268,8 +268,9 @@ def test_the_command_in_the_page_works_when_pasted(
         pager.close(timeout=2)
     text = json.dumps(body)  # every string of the page
     message = body["message"]
-    found = re.search(r"resume with `([^`]+)` \(NAME: one of alice, bob\)", message)
+    found = re.search(r"^resume: (exitguard halt resume .+)$", message, re.M)
     assert found, text
+    assert re.search(r"^approvers: alice, bob$", message, re.M), text
     argv = _fill_in(found.group(1), "bob")
     assert f"--file {shlex.quote(str(path.resolve()))}" in found.group(1)
     code, _, err = run(capsys, *argv[1:])
