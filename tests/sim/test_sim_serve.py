@@ -144,3 +144,11 @@ def test_start_phase_outage_trips_the_breaker_within_seconds(tmp_path: Path) -> 
 def test_an_unknown_start_phase_fails_at_construction() -> None:
     with pytest.raises(ValueError, match=r"^start_phase: unknown demo phase 'outgae'"):
         ServeOptions(start_phase="outgae")
+
+
+def test_the_clis_phase_choices_are_the_demos_phases() -> None:
+    """The CLI lists the phases without importing the simulator: keep the lists equal."""
+    from exitguard.cli import demo, stack
+    from exitguard.sim.serve import demo_phase_names
+
+    assert demo._PHASES == stack._PHASES == tuple(demo_phase_names())

@@ -85,10 +85,17 @@ def is_ours(record: ProcessRecord) -> bool:
 
     A zombie (exited, not yet reaped by its parent) no longer runs and does not count.
     """
-    stat = _stat(record.pid)
-    if stat is None or stat[0] in ("Z", "X") or stat[1] != record.start_time:
-        return False
-    return _cmdline(record.pid) == record.argv
+    for _ in range(40):
+        stat = _stat(record.pid)
+        if stat is None or stat[0] in ("Z", "X") or stat[1] != record.start_time:
+            return False
+        cmdline = _cmdline(record.pid)
+        if cmdline:
+            return cmdline == record.argv
+        # Same pid, same start time, no command line yet: the exec is still settling (seen
+        # for some milliseconds on a loaded machine). Ask again rather than answer wrongly.
+        time.sleep(0.025)
+    return False
 
 
 def pid_in_use(pid: int) -> bool:
@@ -111,11 +118,13 @@ def start(name: str, argv: Sequence[str], *, port: int, url: str, ready_url: str
         except OSError as exc:
             raise ProcError(f"{name}: cannot start {argv[0]}: {exc.strerror or exc}") from None
     stat = _stat(popen.pid)
-    cmdline = _cmdline(popen.pid)
-    if stat is None or cmdline is None:
+    if stat is None:
         popen.wait(timeout=10)
         raise ProcError(f"{name} exited at once with code {popen.returncode} (see {log})")
-    record = ProcessRecord(name, popen.pid, stat[1], cmdline, port, url, ready_url, str(log))
+    # The command line is the argv given: exec keeps it verbatim, and /proc/PID/cmdline can
+    # read empty for a moment right after the exec on a loaded machine.
+    record = ProcessRecord(name, popen.pid, stat[1], tuple(argv), port, url, ready_url,
+                           str(log))
     return record, popen
 
 
