@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import alerts, dashboards, demo, halt, simulate
+from . import alerts, dashboards, demo, halt, simulate, stack
 from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, CliError, Formatter, Parser
 
 _DESCRIPTION = """\
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for command in (demo, simulate, halt, dashboards, alerts):
+    for command in (demo, simulate, halt, dashboards, alerts, stack):
         command.add_parser(commands)
     return parser
 
