@@ -124,6 +124,27 @@ def test_a_page_on_another_origin_cannot_create_a_silence(am: Node) -> None:
     assert am.silences() == []
 
 
+def _health(service: str, address: str) -> int:
+    """The compose health check of ``service`` run against ``address`` (GNU wget here; the
+    images have busybox's, whose error line also carries "401 Unauthorized")."""
+    require_binary("wget")
+    test = _service(service)["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL", test
+    port = "9090" if service == "prometheus" else "9093"
+    command = test[1].replace(f"127.0.0.1:{port}", address)
+    assert command != test[1], test
+    return subprocess.run(["sh", "-c", command], timeout=60, check=False).returncode
+
+
+def test_health_checks_pass_on_a_server_demanding_credentials(am: Node) -> None:
+    """No password on a health check's command line (it would show in `ps`): healthy means
+    "answers, and asks for credentials"; a server that does not answer is unhealthy."""
+    for service in ("alertmanager", "alertmanager-2"):
+        assert "password" not in " ".join(_service(service)["healthcheck"]["test"]).lower()
+        assert _health(service, am.address) == 0, service
+        assert _health(service, f"127.0.0.1:{free_port()}") != 0, service
+
+
 def test_control_without_the_web_config_anyone_can_silence(tmp_path: Path) -> None:
     """The defect of issue 21 item 4 on the same binary, so the tests above can fail."""
     binary = require_binary(*ALERTMANAGER_BINARIES)
@@ -163,6 +184,7 @@ def test_prometheus_needs_credentials_and_has_no_lifecycle_api(
             assert prom.api("POST", path).status == 403, path
         prom.process.assert_running()
         assert prom.query("vector(1)")[0]["value"][1] == "1"
+        assert _health("prometheus", prom.url.removeprefix("http://")) == 0
 
 
 # --- the secrets directory ------------------------------------------------------------------

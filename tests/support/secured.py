@@ -41,7 +41,7 @@ from tests.support.servers import (
 #: before it pages itself; the tests wait several of them before asserting "no second page".
 GOSSIP_INTERVAL = "100ms"
 PUSHPULL_INTERVAL = "2s"
-PEER_TIMEOUT_S = 4
+PEER_TIMEOUT_S = 6
 SETTLE_TIMEOUT = "5s"
 
 
