@@ -1,7 +1,7 @@
 """The stack's servers as docker-compose.yml runs them: behind basic auth, Alertmanagers in a
 cluster. Real Debian binaries on 127.0.0.1 free ports, torn down even when a test fails.
 
-* :func:`stack_secrets`: a secrets directory made by ``exitguard stack secrets`` (the real
+* :func:`stack_secrets_dir`: a secrets directory made by ``exitguard stack secrets`` (the real
   bcrypt web configs and passwords the compose stack uses);
 * :func:`alertmanager_cluster`: N Alertmanagers with ``--web.config.file`` and gossip between
   them (``--cluster.listen-address`` / ``--cluster.advertise-address`` / ``--cluster.peer``),
@@ -17,7 +17,6 @@ import base64
 import contextlib
 import json
 import signal
-import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -245,10 +244,3 @@ def secured_prometheus(config_yaml: str, workdir: Path, secrets: Secrets, *,
             raise AssertionError(f"{exc}\n{process.log_tail()}") from exc
         yield prom
 
-
-def stop(process: Process) -> None:
-    """Terminate ``process`` now (the ``running`` context still reaps it)."""
-    if process.popen.poll() is None:
-        process.popen.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(timeout=10)
