@@ -1,5 +1,10 @@
 # The exitguard demo bot for the compose stack: serves /metrics (OpenMetrics, with exemplars)
 # on 9464 and exports traces over OTLP/HTTP.
+#
+# The base image is pinned by tag only: no registry was reachable where this was written, and
+# a digest is never written down unseen. Pin it with
+#   docker buildx imagetools inspect python:3.11-slim --format '{{json .Manifest.Digest}}'
+# and `FROM python:3.11-slim@sha256:<digest>` (docs/security.md).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,10 +13,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what the package build needs, so editing tests or docs does not invalidate this layer.
+# Every dependency, and the build backend, from the hashed lock file: pip refuses any file
+# whose sha256 differs from the lock (regenerate it with the pip-compile command in its
+# header; docs/security.md). Its own layer, so editing the code does not re-download it.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
+# The package itself: no index and no build isolation, so nothing is fetched unhashed.
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . \
+RUN pip install --no-index --no-deps --no-build-isolation . \
+    && pip check \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin exitguard
 

@@ -157,6 +157,15 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
 )
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in ALL_METRICS}
 
+#: Not exitguard's own (so not in ALL_METRICS): Alertmanager's count of notifications it gave
+#: up on after its retries, by ``integration``. The rules watch it so that a page which cannot
+#: be delivered (an unreadable webhook file, a revoked webhook) is itself noticed.
+ALERTMANAGER_NOTIFICATIONS_FAILED = MetricSpec(
+    "alertmanager_notifications_failed_total", "counter",
+    "Notifications Alertmanager failed to deliver, by integration (Alertmanager's metric).",
+    ("integration",), per_guard=False,
+)
+
 #: Values of the breaker state gauge.
 BREAKER_STATE_VALUES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
 

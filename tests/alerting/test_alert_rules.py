@@ -27,6 +27,8 @@ RULES_FILE = ALERTS / "exitguard.rules.yml"
 PROMTOOL_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 METRIC_NAME = re.compile(r"\b(exitguard_[a-z0-9_]+)\b")
 PROMQL_KEYWORDS = {"by", "on", "or", "and", "unless", "offset", "le"}
+#: Other programs' metrics a rule may watch (Alertmanager's own failures).
+EXTERNAL_METRICS = (catalogue.ALERTMANAGER_NOTIFICATIONS_FAILED,)
 
 
 def _promtool() -> str:
@@ -54,7 +56,7 @@ def test_rendering_is_deterministic_and_valid_yaml() -> None:
     assert first == second
     data = yaml.safe_load(first)
     assert [g["name"] for g in data["groups"]] == [
-        "exitguard.safety", "exitguard.quality", "exitguard.availability",
+        "exitguard.safety", "exitguard.quality", "exitguard.availability", "exitguard.paging",
     ]
 
 
@@ -94,7 +96,7 @@ def test_expected_alerts_exist_once_per_severity() -> None:
         "ExitguardUnresolvedExitTransactions", "ExitguardExitP99Slow",
         "ExitguardExitRetryRateHigh", "ExitguardExitSlippageHigh", "ExitguardLossAmplified",
         "ExitguardTargetDown", "ExitguardMetricsAbsent", "ExitguardFaultsAbsorbed",
-        "ExitguardTraceExportFailing",
+        "ExitguardTraceExportFailing", "ExitguardAlertmanagerNotificationsFailing",
     }
 
 
@@ -115,6 +117,9 @@ def test_rules_use_only_catalogue_metrics_and_their_labels() -> None:
         known = {"instance", "job", "le", rules.VENUE_LABEL}
         for spec in (catalogue.BY_NAME[catalogue.base_metric_name(n)] for n in names):
             known.update(spec.all_labels)
+        for spec in EXTERNAL_METRICS:
+            if spec.name in rule["expr"]:
+                known.update(spec.all_labels)
         for grouping in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
             for label in (s.strip() for s in grouping.split(",") if s.strip()):
                 assert label in known, f"{rule['alert']}: unknown label {label!r}"
@@ -146,7 +151,8 @@ def _specs(expr: str) -> set[catalogue.MetricSpec]:
 
 def test_rules_on_guard_metrics_keep_the_guard_label() -> None:
     for rule in _generated():
-        if rule["alert"] in ("ExitguardTargetDown", "ExitguardMetricsAbsent"):
+        if rule["alert"] in ("ExitguardTargetDown", "ExitguardMetricsAbsent",
+                             "ExitguardAlertmanagerNotificationsFailing"):
             continue
         specs = _specs(rule["expr"])
         assert specs, rule["alert"]
@@ -294,7 +300,9 @@ def test_promtool_tests_use_only_catalogue_metric_names() -> None:
         if base != name:
             spec = catalogue.BY_NAME[base]
             assert spec.kind == "histogram" or name == spec.created_series, name
-    assert used - exitguard_names <= {"up"}, used - exitguard_names
+    assert used - exitguard_names <= {"up", *(m.name for m in EXTERNAL_METRICS)}, (
+        used - exitguard_names
+    )
 
 
 def test_target_down_watches_exactly_the_job_given(tmp_path: Path) -> None:
@@ -342,3 +350,16 @@ def test_runbook_links_follow_the_base_url() -> None:
         rules.render_rules(runbook_base_url=f"{base}#top")
     with pytest.raises(ValueError, match="http"):
         rules.render_rules(runbook_base_url="docs/runbooks.md")
+
+
+def test_failed_notifications_page_per_alertmanager_and_integration() -> None:
+    """Issue 21 item 5: a page Alertmanager cannot deliver (an unreadable webhook file) must
+    itself raise an alert; critical, so it goes to every integration, not only the failing one.
+    """
+    name = "ExitguardAlertmanagerNotificationsFailing"
+    rule = next(r for r in _generated() if r["alert"] == name)
+    assert catalogue.ALERTMANAGER_NOTIFICATIONS_FAILED.name in rule["expr"]
+    assert rule["labels"]["severity"] == "critical"
+    for grouping in re.findall(r"\bby \(([^)]*)\)", rule["expr"]):
+        assert {s.strip() for s in grouping.split(",")} == {"job", "instance", "integration"}
+    assert "$labels.integration" in rule["annotations"]["description"]

@@ -88,10 +88,10 @@ def test_webhook_urls_are_read_from_files_never_written_in_the_repo() -> None:
     for receiver in receivers.values():
         for slack in receiver.get("slack_configs", []):
             assert "api_url" not in slack
-            assert slack["api_url_file"].startswith("/etc/alertmanager/secrets/")
+            assert slack["api_url_file"].startswith("/run/secrets/")
         for discord in receiver.get("discord_configs", []):
             assert "webhook_url" not in discord
-            assert discord["webhook_url_file"].startswith("/etc/alertmanager/secrets/")
+            assert discord["webhook_url_file"].startswith("/run/secrets/")
     webhook = re.compile(r"hooks\.slack\.com/services/\w|discord(app)?\.com/api/webhooks/\d")
     for path in [*ALERTS.rglob("*"), ALERTS.parent / "docs" / "runbooks.md"]:
         if path.is_file():

@@ -11,28 +11,38 @@ import importlib.metadata
 import os
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from exitguard.artefacts import dashboards as dash
+from exitguard.artefacts import stack_secrets
 from tests.support import REPO
 from tests.support.servers import require_binary
 
 STACK = REPO / "stack"
-SERVICES = {"bot", "prometheus", "alertmanager", "grafana", "otel-collector", "tempo"}
+SERVICES = {"bot", "prometheus", "alertmanager", "alertmanager-2", "grafana", "otel-collector",
+            "tempo"}
+ALERTMANAGERS = ("alertmanager", "alertmanager-2")
 STATEFUL = {"prometheus": "/prometheus", "alertmanager": "/alertmanager",
-            "grafana": "/var/lib/grafana", "tempo": "/var/tempo"}
-SECRET_FILES = ("slack_webhook_url", "discord_webhook_url")
+            "alertmanager-2": "/alertmanager", "grafana": "/var/lib/grafana",
+            "tempo": "/var/tempo"}
+#: What `docker-compose config` sees as the secrets directory (it need not exist).
+SECRETS_DIR = "/home/someone/.config/exitguard/stack-secrets"
+RUN_SECRETS = stack_secrets.SECRETS_MOUNT + "/"
 
 
 def _compose_env(**overrides: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in {"GRAFANA_ADMIN_PASSWORD", "EXITGUARD_ALERT_SECRETS_DIR"}
+           if k not in {"GRAFANA_ADMIN_PASSWORD", "EXITGUARD_STACK_SECRETS_DIR"}
            and not k.startswith("COMPOSE_")}
-    env["GRAFANA_ADMIN_PASSWORD"] = "test-only-password"
+    env["EXITGUARD_STACK_SECRETS_DIR"] = SECRETS_DIR
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
@@ -109,10 +119,35 @@ def test_compose_config_lists_the_stack(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == SERVICES
 
 
-def test_compose_requires_the_grafana_password() -> None:
-    result = _compose_config(GRAFANA_ADMIN_PASSWORD=None)
+def test_compose_requires_the_secrets_directory() -> None:
+    """No default credentials: without the directory of `exitguard stack secrets`, no stack."""
+    result = _compose_config(EXITGUARD_STACK_SECRETS_DIR=None)
     assert result.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert "EXITGUARD_STACK_SECRETS_DIR" in result.stderr
+    assert "exitguard stack secrets" in result.stderr
+
+
+def _secrets_of(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def test_every_secret_comes_from_the_secrets_directory(compose: dict[str, Any]) -> None:
+    secrets = compose["secrets"]
+    assert set(secrets) == set(stack_secrets.ALL_FILES)
+    for name, secret in secrets.items():
+        assert Path(secret["file"]) == Path(SECRETS_DIR) / name
+    # Nothing secret is passed through the environment (docker inspect shows it).
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            assert "PASSWORD" not in key or key.endswith("__FILE"), (name, key)
+            assert "TOKEN" not in key, (name, key)
+            assert "SECRET" not in key, (name, key)
+            assert not str(value).startswith("http") or "@" not in str(value), (name, key)
+    # Every /run/secrets path a service's command or config names is mounted in it.
+    for name, service in compose["services"].items():
+        named = {Path(a.split("=", 1)[1]).name for a in service.get("command") or []
+                 if isinstance(a, str) and RUN_SECRETS in a}
+        assert named <= _secrets_of(service), (name, named - _secrets_of(service))
 
 
 def test_images_are_pinned(compose: dict[str, Any]) -> None:
@@ -120,7 +155,7 @@ def test_images_are_pinned(compose: dict[str, Any]) -> None:
         if "build" in service:
             continue
         image = service["image"]
-        repository, _, tag = image.rpartition(":")
+        repository, _, tag = image.split("@", 1)[0].rpartition(":")
         assert repository, f"{name}: image {image!r} has no tag"
         assert "/" not in tag, f"{name}: image {image!r} has no tag"
         assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image!r} is not a pinned release"
@@ -140,7 +175,9 @@ def test_ports_are_published_on_localhost_only(compose: dict[str, Any]) -> None:
             host_ip, published = _published(port)
             assert host_ip == "127.0.0.1", f"{name}: port {port!r} is open beyond localhost"
             seen.add(published)
-    assert {"3000", "9090", "9093", "9464", "3200"} <= seen
+    # Only what a person or a bot on the host uses: Grafana, Prometheus, the two
+    # Alertmanagers, OTLP in. Not the demo bot's metrics, Tempo's API or the gossip port.
+    assert seen == {"3000", "9090", "9093", "9095", "4317", "4318"}
 
 
 def test_every_service_has_a_healthcheck_and_a_restart_policy(compose: dict[str, Any]) -> None:
@@ -175,7 +212,10 @@ def test_grafana_service(compose: dict[str, Any]) -> None:
     grafana = compose["services"]["grafana"]
     env = grafana["environment"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
-    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "test-only-password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    password = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    assert password == RUN_SECRETS + stack_secrets.GRAFANA_ADMIN_PASSWORD
+    assert Path(password).name in _secrets_of(grafana)
     provider = _load(REPO / "dashboards/provisioning/dashboards.yml")["providers"][0]
     dashboards_dir = _mount_target(grafana, REPO / "dashboards")
     assert provider["options"]["path"] == dashboards_dir
@@ -190,28 +230,32 @@ def test_grafana_service(compose: dict[str, Any]) -> None:
     assert (REPO / "dashboards" / Path(home).name).is_file()
 
 
-def test_alert_secrets_default_to_placeholders_that_page_nowhere(compose: dict[str, Any]) -> None:
-    alertmanager = compose["services"]["alertmanager"]
-    placeholders = STACK / "alertmanager-secrets"
-    assert _mount_target(alertmanager, placeholders) == "/etc/alertmanager/secrets"
-    for name in SECRET_FILES:
-        url = (placeholders / name).read_text().strip()
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\S*", url), f"{name} must page nowhere"
-    assert (placeholders / "README.md").is_file()
-
-
-def test_alert_secrets_dir_comes_from_the_environment(tmp_path: Path) -> None:
-    result = _compose_config(EXITGUARD_ALERT_SECRETS_DIR=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    alertmanager = yaml.safe_load(result.stdout)["services"]["alertmanager"]
-    assert _mount_target(alertmanager, tmp_path) == "/etc/alertmanager/secrets"
-
-
-def test_alertmanager_service(compose: dict[str, Any]) -> None:
-    alertmanager = compose["services"]["alertmanager"]
-    config = _flag_value(alertmanager["command"], "--config.file")
-    alerts_dir = _mount_target(alertmanager, REPO / "alerts")
-    assert config == f"{alerts_dir}/alertmanager.yml"
+def test_alertmanagers_form_a_cluster_behind_basic_auth(compose: dict[str, Any]) -> None:
+    """Issue 18 item 3: two replicas peering with each other; issue 21 item 4: credentials."""
+    services = compose["services"]
+    peers = {}
+    for name in ALERTMANAGERS:
+        am = services[name]
+        command = am["command"]
+        config = _flag_value(command, "--config.file")
+        alerts_dir = _mount_target(am, REPO / "alerts")
+        assert config == f"{alerts_dir}/alertmanager.yml"
+        assert _flag_value(command, "--web.config.file") == (
+            RUN_SECRETS + stack_secrets.ALERTMANAGER_WEB_CONFIG)
+        assert _flag_value(command, "--cluster.listen-address") == "0.0.0.0:9094"
+        peers[name] = _flag_value(command, "--cluster.peer")
+        assert {"alertmanager_web.yml", *stack_secrets.WEBHOOK_URL_FILES} == _secrets_of(am)
+        assert list(am["networks"]) == ["alerting"], name
+    assert peers == {"alertmanager": "alertmanager-2:9094", "alertmanager-2": "alertmanager:9094"}
+    # Only Prometheus shares their network: nothing else reaches the API or the gossip port.
+    on_alerting = {n for n, s in services.items() if "alerting" in (s.get("networks") or {})}
+    assert on_alerting == {"prometheus", *ALERTMANAGERS}
+    # The webhook URLs the generated config reads are the mounted secrets.
+    am_config = _load(REPO / "alerts/alertmanager.yml")
+    url_files = {c.get("api_url_file") or c.get("webhook_url_file")
+                 for r in am_config["receivers"]
+                 for c in (*r.get("slack_configs", []), *r.get("discord_configs", []))}
+    assert url_files == {RUN_SECRETS + n for n in stack_secrets.WEBHOOK_URL_FILES}
 
 
 # --- prometheus -----------------------------------------------------------------------------
@@ -227,9 +271,27 @@ def test_prometheus_service_matches_its_config(compose: dict[str, Any]) -> None:
     rules_target = _mount_target(prometheus, REPO / "alerts/exitguard.rules.yml")
     assert config["rule_files"] == [rules_target]
 
-    alertmanagers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert alertmanagers == ["alertmanager:9093"]
+    alerting = config["alerting"]["alertmanagers"]
+    assert len(alerting) == 1
+    # Every alert to both replicas (their gossip makes it one page), with the password.
+    assert alerting[0]["static_configs"][0]["targets"] == [f"{a}:9093" for a in ALERTMANAGERS]
+    assert alerting[0]["basic_auth"] == {
+        "username": stack_secrets.USERNAME,
+        "password_file": RUN_SECRETS + stack_secrets.ALERTMANAGER_PASSWORD,
+    }
+    mounted = _secrets_of(prometheus)
+    assert Path(alerting[0]["basic_auth"]["password_file"]).name in mounted
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # The servers behind basic auth are scraped with their password.
+    assert jobs["prometheus"]["basic_auth"]["password_file"] == (
+        RUN_SECRETS + stack_secrets.PROMETHEUS_PASSWORD)
+    assert jobs["alertmanager"]["basic_auth"]["password_file"] == (
+        RUN_SECRETS + stack_secrets.ALERTMANAGER_PASSWORD)
+    assert jobs["alertmanager"]["static_configs"][0]["targets"] == [
+        f"{a}:9093" for a in ALERTMANAGERS]
+    for job in jobs.values():
+        if "basic_auth" in job:
+            assert Path(job["basic_auth"]["password_file"]).name in mounted
     bot_port = _flag(compose["services"]["bot"]["command"], "--port")
     assert jobs[dash.DEFAULT_JOB]["static_configs"][0]["targets"] == [f"bot:{bot_port}"]
     for job in jobs.values():
@@ -259,6 +321,11 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     repository's rules (or with no rules while alerts/ has none yet)."""
     promtool = require_binary("promtool")
     config = _load(STACK / "prometheus.yml")
+    password = tmp_path / "password"
+    password.write_text("x")
+    for section in (*config["alerting"]["alertmanagers"], *config["scrape_configs"]):
+        if "basic_auth" in section:
+            section["basic_auth"]["password_file"] = str(password)
     rules = REPO / "alerts/exitguard.rules.yml"
     if rules.is_file():
         config["rule_files"] = [str(rules)]
@@ -282,6 +349,12 @@ def test_grafana_datasources_link_exemplars_to_traces() -> None:
     prometheus, tempo = sources["prometheus"], sources["tempo"]
     assert prometheus["uid"] == dash.DEFAULT_DATASOURCE_UID
     assert prometheus["url"] == "http://prometheus:9090"
+    # Prometheus asks for credentials: the datasource reads the password from its secret.
+    assert prometheus["basicAuth"] is True
+    assert prometheus["basicAuthUser"] == stack_secrets.USERNAME
+    assert prometheus["secureJsonData"] == {
+        "basicAuthPassword": f"$__file{{{RUN_SECRETS}{stack_secrets.PROMETHEUS_PASSWORD}}}"
+    }
     destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
     assert {"name": "trace_id", "datasourceUid": tempo["uid"]}.items() <= destinations[0].items()
     tempo_port = _load(STACK / "tempo.yml")["server"]["http_listen_port"]
@@ -334,7 +407,58 @@ def test_dockerfile() -> None:
     assert users
     assert users[-1].split(":")[0] not in {"root", "0"}
     assert "EXPOSE 9464" in lines
-    assert any("pip install ." in line for line in lines)
+    # Issue 21 item 10: every dependency from the hashed lock; the package itself without
+    # an index, so nothing unhashed is fetched.
+    installs = [line for line in lines if "pip install" in line]
+    assert installs[0] == (
+        "RUN pip install --require-hashes --no-deps -r requirements.lock"), installs
+    assert "pip install --no-index --no-deps --no-build-isolation ." in installs[1], installs
+    assert len(installs) == 2, installs
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert "**" in ignored
     assert "!src" in ignored
+    assert "!requirements.lock" in ignored
+
+
+def _lock() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock: name -> (pinned version, hashes)."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = (REPO / "requirements.lock").read_text()
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        match = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", block)
+        if match:
+            pins[canonicalize_name(match.group(1))] = (
+                match.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return pins
+
+
+def test_the_image_lock_pins_every_dependency_with_hashes() -> None:
+    pins = _lock()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requirements = [Requirement(r) for r in project["project"]["dependencies"]]
+    build = [Requirement(r) for r in project["build-system"]["requires"]]
+    for req in (*requirements, *build):
+        key = canonicalize_name(req.name)
+        assert key in pins, f"{key} is not in requirements.lock (re-run pip-compile)"
+        assert req.specifier.contains(pins[key][0], prereleases=True), (key, pins[key][0])
+    for pinned, (version, hashes) in pins.items():
+        assert hashes, f"{pinned}=={version} has no hash"
+    # Floors past known CVEs (docs/security.md), in pyproject and so in the lock; the
+    # version just below each floor (its last vulnerable release) is excluded.
+    floors = {"requests": ("2.32.4", "2.32.3"), "urllib3": ("2.6.3", "2.6.2")}
+    declared = {canonicalize_name(r.name): r for r in requirements}
+    for dep, (floor, vulnerable) in floors.items():
+        assert not declared[canonicalize_name(dep)].specifier.contains(vulnerable), dep
+        assert declared[canonicalize_name(dep)].specifier.contains(floor), dep
+        assert Version(pins[canonicalize_name(dep)][0]) >= Version(floor), dep
+
+
+def test_compose_images_say_how_to_pin_their_digest(compose: dict[str, Any]) -> None:
+    """Digests were not obtainable where the stack was written (no registry reachable): the
+    tags stay, and the file says how to pin them. Once pinned, a digest must be a real one."""
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "docker buildx imagetools inspect" in text
+    for service in compose["services"].values():
+        image = service.get("image", "")
+        if "@" in image:
+            assert re.fullmatch(r"[^@]+:[^@]+@sha256:[0-9a-f]{64}", image), image

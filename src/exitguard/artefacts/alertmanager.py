@@ -22,9 +22,9 @@ from . import _yaml
 from .drift import drift
 from .rules import INSTANCE_LABEL, VENUE_LABEL
 
-#: Where the committed Alertmanager config reads the webhook URLs (mounted secrets).
-DEFAULT_SLACK_URL_FILE = "/etc/alertmanager/secrets/slack_webhook_url"
-DEFAULT_DISCORD_URL_FILE = "/etc/alertmanager/secrets/discord_webhook_url"
+#: Where the committed Alertmanager config reads the webhook URLs (compose secrets).
+DEFAULT_SLACK_URL_FILE = "/run/secrets/slack_webhook_url"
+DEFAULT_DISCORD_URL_FILE = "/run/secrets/discord_webhook_url"
 #: Relative to the config file's directory (Alertmanager resolves it there).
 DEFAULT_TEMPLATES = ("templates/*.tmpl",)
 

@@ -234,6 +234,8 @@ COMPONENT_LABEL = "component"
 #: Process-wide metrics (no guard label) are told apart by their scrape target.
 _TARGET_LABELS = ("job", "instance")
 _FAILED_OUTCOMES = "failed|unresolved"
+#: Alertmanager's label naming a receiver integration (slack, discord, ...).
+INTEGRATION_LABEL = "integration"
 
 
 def _unresolved_stages(t: Thresholds) -> tuple[tuple[Severity, str], ...]:
@@ -485,6 +487,32 @@ def _rule_groups(thresholds: Thresholds) -> tuple[RuleGroup, ...]:
         RuleGroup("exitguard.safety", safety),
         RuleGroup("exitguard.quality", quality),
         RuleGroup("exitguard.availability", availability),
+        RuleGroup("exitguard.paging", _paging_rules(t)),
+    )
+
+
+def _paging_rules(t: Thresholds) -> tuple[AlertRule, ...]:
+    """Pages that Alertmanager could not deliver (issue 21, item 5).
+
+    A webhook file Alertmanager cannot read, or a revoked webhook, fails every page silently;
+    Alertmanager counts each notification it gave up on. Critical routes to Slack *and*
+    Discord, so a page about one failing integration can still arrive through the other.
+    """
+    failed = catalogue.ALERTMANAGER_NOTIFICATIONS_FAILED
+    w = t.event_window
+    return (
+        AlertRule(
+            alert="ExitguardAlertmanagerNotificationsFailing",
+            expr=_new_events(failed, (*_TARGET_LABELS, INTEGRATION_LABEL), w),
+            severity="critical",
+            summary="Alertmanager cannot deliver pages",
+            description=(
+                f"Alertmanager {_INSTANCE} gave up on {_COUNT} {{{{ $labels.integration }}}}"
+                f" notification(s) in the last {w}: pages through that integration are not"
+                " reaching anyone."
+            ),
+            runbook=anchor("ExitguardAlertmanagerNotificationsFailing"),
+        ),
     )
 
 

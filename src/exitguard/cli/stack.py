@@ -1,4 +1,5 @@
-"""``exitguard stack up|down|status``: the monitoring stack on this machine, without Docker.
+"""``exitguard stack up|down|status``: the monitoring stack on this machine, without Docker;
+``exitguard stack secrets DIR``: the compose stack's credentials, outside the repository.
 
 The logic is :mod:`exitguard.stack.local`; this module parses, prints and maps its errors to
 one line and exit code 2 (``status`` exits 1 when a part is not running).
@@ -10,7 +11,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ._common import EXIT_DIFFERENT, EXIT_OK, CliError, Commands, Formatter, seconds
+from ._common import EXIT_DIFFERENT, EXIT_OK, CliError, Commands, Formatter, non_empty, seconds
 
 #: Kept here so that ``--help`` imports nothing of the stack.
 _PHASES = ("normal", "congestion", "outage")
@@ -35,7 +36,8 @@ def add_parser(commands: Commands) -> None:
             "examples:\n"
             "  exitguard stack up --outage   start; a page arrives within a minute\n"
             "  exitguard stack status        is each part running and answering\n"
-            "  exitguard stack down          stop exactly what up started"
+            "  exitguard stack down          stop exactly what up started\n"
+            "  exitguard stack secrets DIR   credentials for the docker compose stack"
         ),
     )
     actions = stack.add_subparsers(dest="stack_action", metavar="ACTION", title="actions",
@@ -65,6 +67,22 @@ def add_parser(commands: Commands) -> None:
                             help="state directory: configs, logs, data, pids "
                                  "(default $XDG_STATE_HOME/exitguard/stack, else "
                                  "~/.local/state/exitguard/stack)")
+    secrets = actions.add_parser(
+        "secrets", formatter_class=Formatter,
+        help="create the compose stack's secrets directory (passwords, web configs)",
+        description="Create DIR (mode 0700) with random passwords for Grafana,\n"
+                    "Prometheus and Alertmanager, the servers' bcrypt web configs and\n"
+                    "placeholder webhook URL files (files mode 0644: the containers read them\n"
+                    "through compose secrets). Existing passwords and webhook URLs are kept.\n"
+                    "Then: EXITGUARD_STACK_SECRETS_DIR=DIR docker compose up -d",
+    )
+    secrets.add_argument("directory", metavar="DIR", type=non_empty,
+                         help="the secrets directory, outside the repository")
+    secrets.add_argument("--rotate", action="store_true",
+                         help="replace the passwords too (then recreate the containers)")
+    secrets.add_argument("--check", action="store_true",
+                         help="write nothing: report missing files and wrong permissions")
+    secrets.set_defaults(handler=run_secrets)
     up.set_defaults(handler=run_up)
     down.set_defaults(handler=run_down)
     status.set_defaults(handler=run_status)
@@ -171,3 +189,27 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"  {'page log':<14} {count} page(s) in {state.page_log}")
     healthy = len(parts) == len(_TITLES) and all(p.answering for p in parts)
     return EXIT_OK if healthy else EXIT_DIFFERENT
+
+
+def run_secrets(args: argparse.Namespace) -> int:
+    from ..artefacts import stack_secrets
+
+    directory = Path(args.directory)
+    if args.check:
+        if not directory.is_dir():
+            raise CliError(f"stack secrets: no such directory: {directory}")
+        problems = stack_secrets.check_permissions(directory)
+        for problem in problems:
+            print(problem)
+        return EXIT_DIFFERENT if problems else EXIT_OK
+    try:
+        written = stack_secrets.write_stack_secrets(directory, rotate=args.rotate)
+    except ImportError:
+        raise CliError("stack secrets needs bcrypt: pip install 'exitguard[stack]'") from None
+    except OSError as exc:
+        raise CliError(f"stack secrets: {exc.strerror or exc}: {exc.filename or directory}"
+                       ) from None
+    for item in written:
+        print(f"{item.action:8} {directory / item.name}")
+    print(f"next: EXITGUARD_STACK_SECRETS_DIR={directory} docker compose up -d")
+    return EXIT_OK
