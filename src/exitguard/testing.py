@@ -127,7 +127,9 @@ class ScriptedVenue:
         self.price_error = price_error
         self.sent: list[SentTx] = []
         # Indexes over ``sent`` (thousands of concurrent exits look orders up constantly):
-        # by venue id, by the first order sent under a client order id, by position.
+        # by venue id, by the first order sent under a client order id, by position. Kept up
+        # to date lazily, so a subclass may append to ``sent`` itself.
+        self._indexed = 0
         self._by_tx_id: dict[str, SentTx] = {}
         self._by_client_id: dict[str, SentTx] = {}
         self._by_position: dict[str, list[SentTx]] = {}
@@ -157,8 +159,7 @@ class ScriptedVenue:
         self.submit_calls += 1
         plan = self._plan(index)
         now = self._now()
-        live = [tx.tx_id for tx in self._by_position.get(order.position.id, ())
-                if tx.live_at(now)]
+        live = [tx.tx_id for tx in self._of(order.position.id) if tx.live_at(now)]
         if plan.send_error is not None and not plan.sent_anyway:
             raise plan.send_error
         if live:
@@ -167,9 +168,6 @@ class ScriptedVenue:
             )
         tx = SentTx(f"tx{next(self._ids)}", order, plan, now)
         self.sent.append(tx)
-        self._by_tx_id[tx.tx_id] = tx
-        self._by_client_id.setdefault(order.client_order_id, tx)
-        self._by_position.setdefault(order.position.id, []).append(tx)
         if plan.send_error is not None:
             raise plan.send_error
         return Submission(tx.tx_id, order, tx.expires_at)
@@ -177,8 +175,16 @@ class ScriptedVenue:
     def _find(self, submission: Submission) -> SentTx | None:
         """By the venue's id, or (for an order whose submit did not answer) by the client
         order id the guard gave it."""
+        self._index()
         return (self._by_tx_id.get(submission.tx_id)
                 or self._by_client_id.get(submission.tx_id))
+
+    def _index(self) -> None:
+        for tx in self.sent[self._indexed:]:
+            self._by_tx_id.setdefault(tx.tx_id, tx)
+            self._by_client_id.setdefault(tx.order.client_order_id, tx)
+            self._by_position.setdefault(tx.order.position.id, []).append(tx)
+        self._indexed = len(self.sent)
 
     def _tx(self, submission: Submission) -> SentTx:
         tx = self._find(submission)
@@ -241,6 +247,7 @@ class ScriptedVenue:
     def _of(self, position_id: str | None) -> list[SentTx]:
         if position_id is None:
             return self.sent
+        self._index()
         return self._by_position.get(position_id, [])
 
 
