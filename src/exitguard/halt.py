@@ -676,6 +676,8 @@ class TradingHalt:
         except OSError as exc:
             if new is None:  # the store could not even be locked or read: decide in memory
                 new = decide(self._view())
+                if not new and not self._pending:
+                    return []  # nothing to write: no write failed
             self._keep_unsaved(new, exc, changes)
             return new
         self._pending.clear()

@@ -629,3 +629,14 @@ def test_a_bad_file_moved_aside_while_running_is_replaced_by_a_halted_one(
     cli.resume("bob", "file checked, moved aside")
     clock.advance(1.0)
     bot.check_entry()
+
+
+def test_a_halt_that_changes_nothing_on_an_unreachable_store_is_no_write_failure(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x", encoding="utf-8")
+    halt = TradingHalt.from_file(blocker / "halt.json", APPROVERS)
+    error, failures = halt.store_error, halt.store_failures
+    assert halt.halt("breaker again") is False  # already halted (unknown state): no write
+    assert (halt.store_error, halt.store_failures) == (error, failures)
