@@ -595,7 +595,7 @@ class TradingHalt:
             # copy put back, the file deleted). Recorded as a halt on top of what is there.
             self._version = version
             what = f"{len(macs)} records found, {len(known)} already seen"
-            self._adopt(records, macs, version, changes)
+            self._adopt(records, macs, version, _Changes())  # an old state is no news
             self._record_halt(f"halt store went back in time ({what}): trading halted",
                               changes)
             return
