@@ -311,7 +311,11 @@ class TradingHalt:
         except OSError:
             version = object()
         stored = self.store.read() or []
-        records, macs = verify(self._key, stored)
+        try:
+            records, macs = verify(self._key, stored)
+        except HaltTampered as exc:
+            where = " ".join(self.store.resume_args()[1:]) or type(self.store).__name__
+            raise HaltTampered(f"halt store {where} fails verification: {exc}") from None
         return version, stored, records, macs
 
     def _reload(self, changes: _Changes) -> None:

@@ -310,6 +310,7 @@ def test_a_tampered_file_means_halted_and_says_why(
     assert halt.is_halted, kind
     assert halt.store_error is not None
     assert why in halt.store_error
+    assert f"halt store {path} fails verification" in halt.store_error
     with pytest.raises(TradingHalted):
         halt.check_entry()
     # The CLI (no approvers of its own) cannot resume a file it cannot trust.
