@@ -639,7 +639,7 @@ class Pager:
         # The reason may quote a venue's error or a corrupt file: it is said once, below.
         # The command as pasted needs only NAME filled in: the halt file's path is in it, the
         # approvers are stored with the halt and the key comes from the environment.
-        command = resume_command or resume_command_text(())
+        command = resume_command or resume_command_text(("--file", "PATH"))
         self._event(
             _Event(
                 guard=guard,
