@@ -22,6 +22,11 @@ Fleet: per-guard alerts are per process (``by (instance, guard)``); breaker aler
 the breaker label carrying the venue's name), so one venue outage seen by twenty processes is
 one alert whose value says how many breakers it opened; Alertmanager groups by ``alertname``
 and ``venue`` (:mod:`.alertmanager`), so it is one page.
+
+Why one module over 500 lines: it is the rule file read top to bottom (thresholds, the PromQL
+building blocks every rule shares, then each group of rules, then rendering and drift);
+splitting the rules from the blocks they are made of would make a reader jump between files
+to see what one alert fires on.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_serve_only_options(args)
     if args.start_phase is not None:
         raise CliError("--start-phase only makes sense with --serve")
-    from ..sim.report import demo_dict, demo_notes, demo_table
+    from ..sim.report import demo_dict, demo_heading, demo_notes, demo_table
     from ..sim.run import run_demo
 
     with quiet_logging(args.verbose):
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     out = console()
     out.print(textwrap.fill(result.scenario.description, width=100))
     out.print()
+    out.print(demo_heading(result))
     out.print(demo_table(result))
     out.print(demo_notes(result))
     return EXIT_OK

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         PlotError,
         check_plot_path,
         plot_monte_carlo,
+        simulate_heading,
         simulate_notes,
         simulate_table,
     )
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.as_dict())
     else:
         out = console()
+        out.print(simulate_heading(result))
         out.print(simulate_table(result))
         out.print(simulate_notes(result))
     sys.stdout.flush()

@@ -13,15 +13,28 @@ from rich.text import Text
 from .run import VARIANT_LABELS, DemoResult, MonteCarloResult, RunResult
 
 __all__ = [
+    "GUARD_DEADLINE_S",
     "PlotError",
     "check_plot_path",
     "demo_dict",
+    "demo_heading",
     "demo_notes",
     "demo_table",
+    "monte_carlo_figure",
     "plot_monte_carlo",
+    "simulate_heading",
     "simulate_notes",
     "simulate_table",
 ]
+
+#: The exit deadline of the simulated guard (``exitguard.sim.run.build_guard``; a test keeps
+#: them equal). An exit time above it is a position that took several exits.
+GUARD_DEADLINE_S = 30.0
+#: Marks an exit time above the guard's deadline; :func:`simulate_notes` says why.
+SEVERAL_EXITS = "†"
+#: Variants whose exits are bounded by :data:`GUARD_DEADLINE_S` (not the naive retry, not the
+#: guard without a deadline).
+_BOUNDED = frozenset({"guarded", "no-escalation", "no-reconciliation", "no-breaker"})
 
 
 def _loss(value: float) -> str:
@@ -34,13 +47,15 @@ def _time(value: float | None, horizon: float) -> str:
     return f"{value:.1f} s"
 
 
+def demo_heading(result: DemoResult) -> str:
+    """The line above the demo's table (printed on its own: a table title is padded)."""
+    return f"exitguard demo: scenario '{result.scenario.name}', seed {result.seed}"
+
+
 def demo_table(result: DemoResult) -> Table:
     """The side-by-side table of ``exitguard demo``."""
     scenario = result.scenario
-    table = Table(
-        title=f"exitguard demo: scenario '{scenario.name}', seed {result.seed}",
-        title_justify="left",
-    )
+    table = Table()
     table.add_column("")
     table.add_column(VARIANT_LABELS["naive"], justify="right")
     table.add_column(VARIANT_LABELS["guarded"], justify="right")
@@ -110,12 +125,32 @@ def demo_dict(result: DemoResult) -> dict[str, object]:
     }
 
 
+def simulate_heading(result: MonteCarloResult) -> str:
+    """The line above the simulate table (printed on its own: a table title is padded)."""
+    return f"exitguard simulate: {result.runs} runs, seed {result.seed}"
+
+
+def _exit_time(variant: str, value: float, horizon: float) -> str:
+    """An exit-time percentile; marked when a bounded guard's position took several exits."""
+    text = _time(value, horizon)
+    if variant in _BOUNDED and not value <= GUARD_DEADLINE_S:
+        return f"{text} {SEVERAL_EXITS}"
+    return text
+
+
+def _marked(result: MonteCarloResult) -> bool:
+    return any(
+        variant in _BOUNDED and not value <= GUARD_DEADLINE_S
+        for summary in result.summaries()
+        for variant, value in ((summary.variant, summary.exit_p50),
+                               (summary.variant, summary.exit_p95),
+                               (summary.variant, summary.exit_p99))
+    )
+
+
 def simulate_table(result: MonteCarloResult) -> Table:
     """The percentile table of ``exitguard simulate``."""
-    table = Table(
-        title=f"exitguard simulate: {result.runs} runs, seed {result.seed}",
-        title_justify="left",
-    )
+    table = Table()
     table.add_column("executor")
     for name in ("loss p50", "loss p95", "loss p99", "exit p50", "exit p95", "exit p99",
                  "failed", "double-sold"):
@@ -125,8 +160,8 @@ def simulate_table(result: MonteCarloResult) -> Table:
         table.add_row(
             Text(VARIANT_LABELS[summary.variant], style=style),
             _loss(summary.loss_p50), _loss(summary.loss_p95), _loss(summary.loss_p99),
-            _time(summary.exit_p50, result.horizon), _time(summary.exit_p95, result.horizon),
-            _time(summary.exit_p99, result.horizon),
+            *(_exit_time(summary.variant, value, result.horizon)
+              for value in (summary.exit_p50, summary.exit_p95, summary.exit_p99)),
             f"{summary.failure_rate:.1%}", f"{summary.double_sell_rate:.1%}",
         )
     return table
@@ -135,13 +170,20 @@ def simulate_table(result: MonteCarloResult) -> Table:
 def simulate_notes(result: MonteCarloResult) -> str:
     """The lines printed under the simulate table."""
     horizon = f"{result.horizon:g} s"
-    return (
+    notes = (
         "loss: realized loss in % of the entry value (an unsold remainder is marked at the "
         f"price at {horizon});\n"
         f"exit: seconds until the position was really sold ('>' = not within {horizon}); "
         f"failed: not sold within {horizon};\n"
         "double-sold: runs that sold more than the position held. Same seed, same table."
     )
+    if _marked(result):
+        notes += (
+            f"\n{SEVERAL_EXITS} above the guard's {GUARD_DEADLINE_S:g} s exit deadline: each exit"
+            " ends within its deadline, but after a failed exit\n  the simulated bot signals"
+            " again 1 s later, so selling the position took several exits."
+        )
+    return notes
 
 
 class PlotError(Exception):
@@ -187,42 +229,99 @@ def check_plot_path(path: Path) -> None:
         raise PlotError(f"cannot write plot {str(path)!r}: permission denied")
 
 
-def _ecdf(values: list[float]) -> tuple[list[float], list[float]]:
+#: Okabe & Ito's colour-blind-safe palette, one colour per variant; the two executors compared
+#: first get the strongest pair (vermillion, blue), the ablations dashed lines.
+_COLOURS: dict[str, str] = {
+    "naive": "#D55E00",
+    "guarded": "#0072B2",
+    "no-deadline": "#E69F00",
+    "no-escalation": "#009E73",
+    "no-reconciliation": "#CC79A7",
+    "no-breaker": "#000000",
+}
+_MAIN = ("naive", "guarded")
+#: The percentiles marked on every curve (survival share 5 % and 1 %).
+_PERCENTILES = ((95, 0.05), (99, 0.01))
+
+
+def _survival(values: list[float], n: int) -> tuple[list[float], list[float]]:
+    """Share of the ``n`` runs whose value is above each of ``values`` (a step function)."""
     ordered = sorted(values)
-    n = len(ordered)
-    return ordered, [(index + 1) / n for index in range(n)]
+    return ordered, [(n - index - 1) / n for index in range(len(ordered))]
+
+
+def _style(variant: str) -> dict[str, Any]:
+    main = variant in _MAIN
+    return {"color": _COLOURS.get(variant, "#999999"), "linewidth": 2.2 if main else 1.4,
+            "linestyle": "-" if main else (0, (5, 2)), "label": VARIANT_LABELS[variant]}
+
+
+def monte_carlo_figure(result: MonteCarloResult) -> Any:
+    """The figure of :func:`plot_monte_carlo` (the caller closes it).
+
+    Both panels plot, per variant, the share of runs *worse* than x on a log scale, so the
+    tail where the variants differ (the worst 5 % and 1 %) gets most of the height rather than
+    being squeezed under 1. Dotted lines at 5 % and 1 % with a marker where each curve
+    crosses them: that variant's p95 and p99. The time panel has the guard's deadline.
+    """
+    plt = _pyplot()
+    figure, (loss_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 6))
+    # Low enough for the p99 line whatever the number of runs.
+    floor = min(0.5 / max(1, result.runs), 0.005)
+    by_variant = {s.variant: s for s in result.summaries()}
+    for variant in result.variants:
+        runs = result.results[variant]
+        style = _style(variant)
+        summary = by_variant[variant]
+        xs, ys = _survival([r.loss_pct for r in runs], len(runs))
+        loss_ax.step(xs, [max(y, floor) for y in ys], where="post", **style)
+        sold = [r.exit_time_s for r in runs if r.exit_time_s is not None]
+        if sold:
+            xs, ys = _survival(sold, len(runs))
+            time_ax.step(xs, [max(y, floor) for y in ys], where="post", **style)
+        for q, share in _PERCENTILES:
+            loss_value = getattr(summary, f"loss_p{q}")
+            time_value = getattr(summary, f"exit_p{q}")
+            marker = {"color": style["color"], "zorder": 5, "s": 28,
+                      "marker": "o" if q == 95 else "D"}
+            loss_ax.scatter([loss_value], [share], **marker)
+            if math.isfinite(time_value):
+                time_ax.scatter([time_value], [share], **marker)
+    for ax in (loss_ax, time_ax):
+        ax.set_yscale("log")
+        ax.set_ylim(floor, 1.05)
+        ax.grid(True, which="both", alpha=0.25)
+        for q, share in _PERCENTILES:
+            ax.axhline(share, color="#555555", linestyle=":", linewidth=1)
+            ax.annotate(f"p{q}", xy=(1.0, share), xycoords=("axes fraction", "data"),
+                        xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize="small", color="#555555")
+    loss_ax.set_xlabel("realized loss (% of entry value)")
+    loss_ax.set_ylabel("share of runs with a larger loss (log)")
+    loss_ax.set_title("Realized loss: the tail")
+    time_ax.set_xscale("log")
+    time_ax.axvline(GUARD_DEADLINE_S, color="#0072B2", linestyle="--", linewidth=1.2)
+    time_ax.annotate(f"guard's exit deadline ({GUARD_DEADLINE_S:g} s)",
+                     xy=(GUARD_DEADLINE_S, 1.0), xycoords=("data", "axes fraction"),
+                     xytext=(-4, -12), textcoords="offset points", fontsize="small",
+                     color="#0072B2", ha="right")
+    time_ax.set_xlabel("time to exit (s, log scale)")
+    time_ax.set_ylabel("share of runs not sold by then (log)")
+    time_ax.set_title(f"Time to exit (runs not sold within {result.horizon:g} s stay up)")
+    handles, labels = loss_ax.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
+                  fontsize="small")
+    figure.suptitle(f"exitguard simulate: {result.runs} runs, seed {result.seed}"
+                    "  (markers: p95 ●, p99 ◆)")
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure
 
 
 def plot_monte_carlo(result: MonteCarloResult, path: Path) -> None:
-    """Draw the loss and exit-time distributions (empirical CDFs) of every variant."""
+    """Draw the loss and exit-time tails of every variant into ``path``."""
     plt = _pyplot()
-    figure, (loss_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 5.5))
+    figure = monte_carlo_figure(result)
     try:
-        for variant in result.variants:
-            runs = result.results[variant]
-            label = VARIANT_LABELS[variant]
-            width = 2.2 if variant in ("naive", "guarded") else 1.2
-            xs, ys = _ecdf([r.loss_pct for r in runs])
-            loss_ax.step(xs, ys, where="post", label=label, linewidth=width)
-            sold = [r.exit_time_s for r in runs if r.exit_time_s is not None]
-            if sold:
-                xs, ys = _ecdf(sold)
-                share = len(sold) / len(runs)
-                time_ax.step(xs, [y * share for y in ys], where="post", label=label,
-                             linewidth=width)
-        loss_ax.set_xlabel("realized loss (% of entry value)")
-        loss_ax.set_ylabel("share of runs at or below")
-        loss_ax.set_title("Realized loss")
-        time_ax.set_xscale("log")
-        time_ax.set_xlabel("time to exit (s, log scale)")
-        time_ax.set_ylabel("share of runs sold by then")
-        time_ax.set_title(f"Time to exit (within {result.horizon:g} s)")
-        for ax in (loss_ax, time_ax):
-            ax.grid(True, alpha=0.3)
-            ax.set_ylim(0, 1.01)
-        loss_ax.legend(loc="lower right", fontsize="small")
-        figure.suptitle(f"exitguard simulate: {result.runs} runs, seed {result.seed}")
-        figure.tight_layout()
         try:
             figure.savefig(path)
         except (OSError, ValueError) as exc:
