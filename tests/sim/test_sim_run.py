@@ -27,6 +27,10 @@ from exitguard.sim.venue import Conditions, Ledger, SimVenue, VenueSpec
 from exitguard.venue import OrderMode, Position, TxStatus
 from exitguard.vtime import run_virtual
 
+# The Monte Carlo fixture runs 400 simulated exits per variant in its first test: about 100 s
+# on an idle 2-core machine, near 300 s (the suite's default per-test timeout) at load 9.
+pytestmark = pytest.mark.timeout(1200)
+
 FLAT = MarketPath.from_prices([95.0] * 1000)
 
 
