@@ -119,6 +119,8 @@ def _mask_pairs(text: str) -> str:
             name_end -= 1
         if name_end and lowered[name_end - 1] in "\"'":
             name_end -= 1
+            while name_end and lowered[name_end - 1] == "\\":  # JSON in a JSON string
+                name_end -= 1
         if not lowered.endswith(_SECRET_WORDS, 0, name_end):
             continue
         at = separator + 1
@@ -127,6 +129,17 @@ def _mask_pairs(text: str) -> str:
         scheme = _SCHEME.match(lowered, at)
         if scheme:
             at = scheme.end()
+        slashes = at
+        while slashes < len(text) and text[slashes] == "\\":
+            slashes += 1
+        if slashes > at and text[slashes:slashes + 1] in ('"', "'"):
+            # An escaped quote (JSON in a JSON string, once or more): to the same one.
+            quote = text[at:slashes + 1]
+            close = text.find(quote, slashes + 1)
+            end = len(text) if close < 0 else close + len(quote)
+            pieces += (text[done:at], f"{quote}{MASK}{quote}")
+            done = start = end
+            continue
         value = _VALUE.match(text, at)
         if value is None:
             continue
