@@ -639,3 +639,25 @@ def test_serve_without_telemetry_exits_2(capsys: pytest.CaptureFixture[str],
     code, _, err = run(capsys, "demo", "--serve", "--port", "0", "--duration", "1")
     assert code == 2
     assert_one_line_error(err, "--serve needs exitguard.telemetry")
+
+
+def test_verbose_log_lines_cannot_be_forged(capsys: pytest.CaptureFixture[str]) -> None:
+    """``-v`` shows the library's warnings on stderr, one line each: a venue's "\\n" or a
+    terminal escape sequence in one is written escaped."""
+    import logging
+
+    from exitguard.cli._common import quiet_logging
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    root.handlers[:] = []  # the CLI's own process: nothing else set logging up
+    try:
+        with quiet_logging(True):
+            logging.getLogger("exitguard.guard").warning(
+                "price quote failed (%s)", "boom\nWARNING exitguard.halt: trading resumed\x1b[2J")
+    finally:
+        root.handlers[:] = saved
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "boom\\nWARNING exitguard.halt" in err
+    assert "\x1b" not in err
