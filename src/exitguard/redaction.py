@@ -16,7 +16,8 @@ touches the text (truncation included, so a cut can never leave half a secret be
 What is masked (the value is replaced by ``***``, the name or scheme kept so the text still
 says what was there): credentials in URLs (``scheme://user:pass@``), path segments that look
 like keys (``/v2/<key>``, ``/v3/<project-id>``, any long mixed letters-and-digits segment, as
-Alchemy, Infura, QuickNode, Helius, Ankr and others issue them), ``Authorization`` headers
+Alchemy, Infura, QuickNode, Helius, Ankr and others issue them; ``/vN/<key>`` also in a path
+quoted without its URL), ``Authorization`` headers
 whole (``Bearer <token>``, ``Basic <base64>``), bare ``Bearer``/``Basic`` credentials,
 ``name=value``, ``name: value`` and JSON ``"name": "value"`` pairs whose name ends in key,
 token, secret, password, passwd, pwd, passphrase, signature, sig, auth, authorization,
@@ -212,6 +213,14 @@ def _mask_urls(text: str) -> str:
     return "".join(pieces)
 
 
+_VERSION_PATH = re.compile(r"/[vV]\d+/([A-Za-z0-9_-]{8,})")
+
+
+def _mask_version_paths(text: str) -> str:
+    """A key after ``/vN/`` in a path quoted without its URL (``POST /v2/<key> 401``)."""
+    return _VERSION_PATH.sub(lambda m: m.group()[: m.start(1) - m.start()] + MASK, text)
+
+
 def _mask_after(text: str, haystack: str, word: str, token: re.Pattern[str]) -> str:
     """Mask the credential ``token`` matches right after each whole ``word`` in ``haystack``
     (``text`` or its lower case, same length)."""
@@ -248,6 +257,10 @@ def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     if "://" in text:
         text = _mask_urls(text)
     lowered = _lower(text)
+    if "/v" in lowered:
+        masked = _mask_version_paths(text)
+        if masked != text:
+            text, lowered = masked, _lower(masked)
     if ("=" in text or ":" in text) and any(hint in lowered for hint in _PAIR_HINTS):
         masked = _mask_pairs(text)
         if masked is not text:

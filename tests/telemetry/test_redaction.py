@@ -82,6 +82,8 @@ SHAPES = (
     Shape("secret=", "bad request secret=Sx7Hq2Lp9Zw4", "Sx7Hq2Lp9Zw4", "secret=***"),
     Shape("token=", "ws handshake token=tOk3nV4lu3Qq1 rejected", "tOk3nV4lu3Qq1", "token=***"),
     Shape("password=", "db refused password=Hunter2Hunter2!", "Hunter2Hunter2!", "password=***"),
+    Shape("/v2/<key> in a bare path", "POST /v2/AbCdEf0123456789XyZ returned 401",
+          "AbCdEf0123456789XyZ", "POST /v2/*** returned 401"),
     Shape("user:password@ in a URL",
           "cannot reach wss://trader:PaSsW0rdInUrl@rpc.example.com/ws", "PaSsW0rdInUrl",
           "wss://***@rpc.example.com/ws"),
@@ -438,3 +440,29 @@ def test_an_endpoint_with_credentials_from_the_environment_is_never_printed(
     assert any(str(port) in line["event"] for line in sdk), sdk
     for secret in (OTLP_PASSWORD, OTLP_KEY):
         assert secret not in text
+
+
+def test_every_exported_span_is_redacted_the_bots_own_too() -> None:
+    """The exporter configure_tracing sets up is the one place spans pass through: a span of
+    the bot's (an HTTP client's instrumentation records the full URL) leaves redacted."""
+    from opentelemetry.trace import Status, StatusCode
+
+    key, token = "Bo7sUrlK3y0123456789abc", "EventTok3nValue9"
+    with OtlpReceiver() as receiver:
+        provider = configure_tracing(receiver.endpoint, set_global=False, schedule_delay=0.05)
+        tracer = provider.get_tracer("mybot")
+        with tracer.start_as_current_span(f"GET https://rpc.example/v2/{key}") as span:
+            span.set_attribute("http.url", f"https://rpc.example/v2/{key}?x=1")
+            span.set_attribute("http.request.header.authorization", [f"Bearer {token}"])
+            span.set_attribute("http.status_code", 401)
+            span.add_event("retry", {"detail": f"token={token}"})
+            span.set_status(Status(StatusCode.ERROR, f"401 for /v2/{key}"))
+        assert shutdown_tracing(provider, timeout=10)
+        (received,) = receiver.wait_for(lambda spans: len(spans) >= 1)
+    text = repr(received)
+    assert key not in text
+    assert token not in text
+    assert received.attributes["http.url"] == "https://rpc.example/v2/***?x=1"
+    assert received.attributes["http.status_code"] == 401
+    assert received.status_message == "401 for /v2/***"
+    assert received.name == "GET https://rpc.example/v2/***"
