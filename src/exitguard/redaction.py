@@ -242,6 +242,12 @@ def _mask_after(text: str, haystack: str, word: str, token: re.Pattern[str]) -> 
     return "".join(pieces)
 
 
+def _may_hold_a_secret(text: str) -> bool:
+    """Every shape needs one of these: a URL's "/", a pair's "=" or ":", the space or tab
+    after "Bearer"/"Basic" (and inside a PEM header)."""
+    return " " in text or ":" in text or "=" in text or "/" in text or "\t" in text
+
+
 def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     """``text`` with every secret shape masked, then cut to ``limit`` characters (None: no
     bound). Redaction comes first, so the cut can never leave part of a secret readable.
@@ -249,6 +255,8 @@ def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     Each rule runs only when the text holds its anchor (``://``, ``=`` or ``:``, ``bearer``,
     ``Basic``, ``-----BEGIN``), so a text with nothing to mask costs a few scans.
     """
+    if not _may_hold_a_secret(text):  # an id, an enum value, a word: nothing to mask
+        return text if limit is None or len(text) <= limit else text[:limit] + "..."
     if limit is not None and len(text) > (cut := max(_PRE_CUT, limit)):
         space = text.rfind(" ", 0, cut)
         text = text[: space if space > 0 else cut] + "..."

@@ -355,23 +355,36 @@ _QUIET = _QuietDuringOutage()
 _SHORTEST_SECRET_TEXT = 8
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value, None) if len(value) >= _SHORTEST_SECRET_TEXT else value
-    if isinstance(value, tuple | list) and value and isinstance(value[0], str):
-        cleaned = tuple(_clean(item) for item in value)
-        return value if cleaned == tuple(value) else cleaned
-    return value
+def _clean_text(value: str) -> str:
+    if len(value) < _SHORTEST_SECRET_TEXT or not (
+        " " in value or ":" in value or "=" in value or "/" in value or "\t" in value
+    ):
+        return value  # an id, an enum value, a word: what most attributes are
+    return redact(value, None)
 
 
 def _clean_attributes(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """``attributes`` itself when nothing in it is a secret, else a redacted copy."""
+    """``attributes`` itself when nothing in it is a secret, else a redacted copy. (This
+    runs for every attribute of every span on the export thread: one pass, no copy unless
+    something changes; the SDK's BoundedAttributes is read through its plain dict.)"""
     if not attributes:
         return attributes
-    cleaned = {key: _clean(value) for key, value in attributes.items()}
-    if all(cleaned[key] is value or cleaned[key] == value for key, value in attributes.items()):
-        return attributes
-    return cleaned
+    items = getattr(attributes, "_dict", attributes)
+    cleaned: dict[str, Any] | None = None
+    for key, value in items.items():
+        if type(value) is str:
+            new: Any = _clean_text(value)
+        elif isinstance(value, tuple | list) and value and isinstance(value[0], str):
+            new = tuple(_clean_text(item) for item in value)
+            if new == tuple(value):
+                continue
+        else:
+            continue
+        if new != value:
+            if cleaned is None:
+                cleaned = dict(items)
+            cleaned[key] = new
+    return attributes if cleaned is None else cleaned
 
 
 def redact_span(span: ReadableSpan) -> ReadableSpan:
@@ -379,11 +392,11 @@ def redact_span(span: ReadableSpan) -> ReadableSpan:
     description, attributes and events' attributes (the bot's own spans too: an HTTP
     client's instrumentation records the full URL, key included). The span itself when
     nothing changes (the usual case: no copy)."""
-    name = redact(span.name, None)
+    name = _clean_text(span.name)
     attributes = _clean_attributes(span.attributes)
     status = span.status
     if status.description:
-        description = redact(status.description, None)
+        description = _clean_text(status.description)
         if description != status.description:
             status = Status(status.status_code, description)
     events = []
