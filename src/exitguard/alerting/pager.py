@@ -239,6 +239,10 @@ def _safe_text(text: str, limit: int = FIELD_LIMIT) -> str:
     return _DEFUSE.sub(lambda m: m.group() + _ZWSP, text)
 
 
+#: Fields whose text is exitguard's own (an event kind, a timestamp): never escaped.
+_OWN_FIELDS = frozenset({"event", "at"})
+
+
 def _plain(text: str) -> str:
     return text
 
@@ -375,7 +379,8 @@ class _Event:
     ) -> tuple[str, str]:
         """(title, body) of the page for this event plus ``suppressed`` similar ones, under
         ``PAGE_LIMIT`` characters together; ``escape`` is the channel's markup escaping."""
-        values = {key: escape(value) for key, value in self.details}
+        values = {key: value if key in _OWN_FIELDS else escape(value)
+                  for key, value in self.details}
         headline = self.headline(values)
         lines = [f"Still happening: {headline}" if digest else headline, ""]
         lines += [f"{key}: {value}" for key, value in values.items()]
