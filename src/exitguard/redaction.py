@@ -51,6 +51,7 @@ __all__ = [
     "escape_controls",
     "get_logger",
     "protect_loggers",
+    "protect_third_party_loggers",
     "redact",
 ]
 
@@ -213,7 +214,9 @@ def _mask_urls(text: str) -> str:
     return "".join(pieces)
 
 
-_VERSION_PATH = re.compile(r"/[vV]\d+/([A-Za-z0-9_-]{8,})")
+# Without the URL around it, a segment after /vN/ is a key only if it looks like one (16+
+# characters with a digit), so that "/v2/accounts" stays readable.
+_VERSION_PATH = re.compile(r"/[vV]\d+/((?=[A-Za-z_-]*\d)[A-Za-z0-9_-]{16,})")
 
 
 def _mask_version_paths(text: str) -> str:

@@ -110,6 +110,8 @@ def test_each_shape_is_masked_and_the_rest_kept(shape: Shape) -> None:
     "KeyError: 'position_id'",
     "https://api.mainnet-beta.solana.com/ returned 503",
     "blockhash not found",
+    "GET /v2/accounts/balance returned 401",
+    "POST /v1/traces failed",
 ])
 def test_what_is_not_a_secret_is_left_alone(text: str) -> None:
     """Transaction ids, numbers and plain words an operator needs stay readable."""
