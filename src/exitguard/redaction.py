@@ -16,7 +16,8 @@ touches the text (truncation included, so a cut can never leave half a secret be
 What is masked (the value is replaced by ``***``, the name or scheme kept so the text still
 says what was there): credentials in URLs (``scheme://user:pass@``), path segments that look
 like keys (``/v2/<key>``, ``/v3/<project-id>``, any long mixed letters-and-digits segment, as
-Alchemy, Infura, QuickNode, Helius, Ankr and others issue them), ``Authorization`` headers
+Alchemy, Infura, QuickNode, Helius, Ankr and others issue them; ``/vN/<key>`` also in a path
+quoted without its URL), ``Authorization`` headers
 whole (``Bearer <token>``, ``Basic <base64>``), bare ``Bearer``/``Basic`` credentials,
 ``name=value``, ``name: value`` and JSON ``"name": "value"`` pairs whose name ends in key,
 token, secret, password, passwd, pwd, passphrase, signature, sig, auth, authorization,
@@ -50,6 +51,7 @@ __all__ = [
     "escape_controls",
     "get_logger",
     "protect_loggers",
+    "protect_third_party_loggers",
     "redact",
 ]
 
@@ -119,6 +121,8 @@ def _mask_pairs(text: str) -> str:
             name_end -= 1
         if name_end and lowered[name_end - 1] in "\"'":
             name_end -= 1
+            while name_end and lowered[name_end - 1] == "\\":  # JSON in a JSON string
+                name_end -= 1
         if not lowered.endswith(_SECRET_WORDS, 0, name_end):
             continue
         at = separator + 1
@@ -127,6 +131,17 @@ def _mask_pairs(text: str) -> str:
         scheme = _SCHEME.match(lowered, at)
         if scheme:
             at = scheme.end()
+        slashes = at
+        while slashes < len(text) and text[slashes] == "\\":
+            slashes += 1
+        if slashes > at and text[slashes:slashes + 1] in ('"', "'"):
+            # An escaped quote (JSON in a JSON string, once or more): to the same one.
+            quote = text[at:slashes + 1]
+            close = text.find(quote, slashes + 1)
+            end = len(text) if close < 0 else close + len(quote)
+            pieces += (text[done:at], f"{quote}{MASK}{quote}")
+            done = start = end
+            continue
         value = _VALUE.match(text, at)
         if value is None:
             continue
@@ -199,6 +214,16 @@ def _mask_urls(text: str) -> str:
     return "".join(pieces)
 
 
+# Without the URL around it, a segment after /vN/ is a key only if it looks like one (16+
+# characters with a digit), so that "/v2/accounts" stays readable.
+_VERSION_PATH = re.compile(r"/[vV]\d+/((?=[A-Za-z_-]*\d)[A-Za-z0-9_-]{16,})")
+
+
+def _mask_version_paths(text: str) -> str:
+    """A key after ``/vN/`` in a path quoted without its URL (``POST /v2/<key> 401``)."""
+    return _VERSION_PATH.sub(lambda m: m.group()[: m.start(1) - m.start()] + MASK, text)
+
+
 def _mask_after(text: str, haystack: str, word: str, token: re.Pattern[str]) -> str:
     """Mask the credential ``token`` matches right after each whole ``word`` in ``haystack``
     (``text`` or its lower case, same length)."""
@@ -220,6 +245,12 @@ def _mask_after(text: str, haystack: str, word: str, token: re.Pattern[str]) -> 
     return "".join(pieces)
 
 
+def _may_hold_a_secret(text: str) -> bool:
+    """Every shape needs one of these: a URL's "/", a pair's "=" or ":", the space or tab
+    after "Bearer"/"Basic" (and inside a PEM header)."""
+    return " " in text or ":" in text or "=" in text or "/" in text or "\t" in text
+
+
 def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     """``text`` with every secret shape masked, then cut to ``limit`` characters (None: no
     bound). Redaction comes first, so the cut can never leave part of a secret readable.
@@ -227,6 +258,8 @@ def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     Each rule runs only when the text holds its anchor (``://``, ``=`` or ``:``, ``bearer``,
     ``Basic``, ``-----BEGIN``), so a text with nothing to mask costs a few scans.
     """
+    if not _may_hold_a_secret(text):  # an id, an enum value, a word: nothing to mask
+        return text if limit is None or len(text) <= limit else text[:limit] + "..."
     if limit is not None and len(text) > (cut := max(_PRE_CUT, limit)):
         space = text.rfind(" ", 0, cut)
         text = text[: space if space > 0 else cut] + "..."
@@ -235,6 +268,10 @@ def redact(text: str, limit: int | None = DEFAULT_LIMIT) -> str:
     if "://" in text:
         text = _mask_urls(text)
     lowered = _lower(text)
+    if "/v" in lowered:
+        masked = _mask_version_paths(text)
+        if masked != text:
+            text, lowered = masked, _lower(masked)
     if ("=" in text or ":" in text) and any(hint in lowered for hint in _PAIR_HINTS):
         masked = _mask_pairs(text)
         if masked is not text:

@@ -553,3 +553,25 @@ def test_start_phase_needs_serve(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--start-phase", "outage"]) == 2
     err = capsys.readouterr().err
     assert err == "exitguard: error: --start-phase only makes sense with --serve\n"
+
+
+def test_verbose_log_lines_cannot_be_forged(capsys: pytest.CaptureFixture[str]) -> None:
+    """``-v`` shows the library's warnings on stderr, one line each: a venue's "\\n" or a
+    terminal escape sequence in one is written escaped."""
+    import logging
+
+    from exitguard.cli._common import quiet_logging
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    root.handlers[:] = []  # the CLI's own process: nothing else set logging up
+    try:
+        with quiet_logging(True):
+            logging.getLogger("exitguard.guard").warning(
+                "price quote failed (%s)", "boom\nWARNING exitguard.halt: trading resumed\x1b[2J")
+    finally:
+        root.handlers[:] = saved
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "boom\\nWARNING exitguard.halt" in err
+    assert "\x1b" not in err

@@ -27,7 +27,7 @@ import structlog
 
 import exitguard
 from exitguard import ExitGuard, ExitOutcome, ExitStatus, InsufficientBalance, Position
-from exitguard.halt import HaltRecord
+from exitguard.halt import FileHaltStore, HaltRecord, TradingHalt
 from exitguard.hooks import Hooks
 from exitguard.redaction import MASK, RedactingFilter, get_logger, redact
 from exitguard.telemetry import (
@@ -82,6 +82,8 @@ SHAPES = (
     Shape("secret=", "bad request secret=Sx7Hq2Lp9Zw4", "Sx7Hq2Lp9Zw4", "secret=***"),
     Shape("token=", "ws handshake token=tOk3nV4lu3Qq1 rejected", "tOk3nV4lu3Qq1", "token=***"),
     Shape("password=", "db refused password=Hunter2Hunter2!", "Hunter2Hunter2!", "password=***"),
+    Shape("/v2/<key> in a bare path", "POST /v2/AbCdEf0123456789XyZ returned 401",
+          "AbCdEf0123456789XyZ", "POST /v2/*** returned 401"),
     Shape("user:password@ in a URL",
           "cannot reach wss://trader:PaSsW0rdInUrl@rpc.example.com/ws", "PaSsW0rdInUrl",
           "wss://***@rpc.example.com/ws"),
@@ -108,6 +110,8 @@ def test_each_shape_is_masked_and_the_rest_kept(shape: Shape) -> None:
     "KeyError: 'position_id'",
     "https://api.mainnet-beta.solana.com/ returned 503",
     "blockhash not found",
+    "GET /v2/accounts/balance returned 401",
+    "POST /v1/traces failed",
 ])
 def test_what_is_not_a_secret_is_left_alone(text: str) -> None:
     """Transaction ids, numbers and plain words an operator needs stay readable."""
@@ -146,6 +150,19 @@ def test_multi_line_json_and_keypair_arrays_and_pem() -> None:
         assert secret not in clean
     assert '"secretKey": [***]' in clean
     assert '"client_secret" : "***"' in clean
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_each_shape_is_masked_inside_json_written_as_json(shape: Shape) -> None:
+    """A halt file, a JSON log line or a CLI's --json output quotes the error as a JSON
+    string: its quotes are escaped (``{\\"apiKey\\": \\"...\\"}``) and still masked."""
+    import json as json_module
+
+    once = json_module.dumps({"reason": shape.text})
+    twice = json_module.dumps({"line": once})
+    for text in (once, twice):
+        assert shape.secret in text
+        assert shape.secret not in redact(text, None), text
 
 
 def test_redact_costs_microseconds_on_a_200_character_error() -> None:
@@ -215,59 +232,97 @@ def clean_logging() -> Iterator[None]:
     core.handlers[:], core.level, core.propagate = saved[2], saved[3], saved[4]
 
 
-def failing_exit(text: str, hooks: list[Hooks]) -> tuple[ExitOutcome, list[str]]:
+def failing_exit(text: str, hooks: list[Hooks],
+                 halt: TradingHalt | None = None) -> tuple[ExitOutcome, list[str]]:
     """One exit against a venue whose quote and submit both fail with ``text``; its outcome
-    and the error texts its attempts reported to the hooks (raw)."""
+    and the error texts its attempts reported to the hooks (raw). With ``halt``, the bot
+    then halts trading quoting the venue's error (untrusted text in the halt's reason)."""
     venue = ScriptedVenue([TxPlan(send_error=InsufficientBalance(text))],
                           price_error=RuntimeError(text))
     recorder = RecordingHooks()
 
-    async def main() -> ExitOutcome:
-        guard = ExitGuard(venue, name="bot", hooks=[*hooks, recorder])
+    async def main() -> tuple[ExitOutcome, list[str]]:
+        guard = ExitGuard(venue, name="bot", hooks=[*hooks, recorder], halt=halt)
         outcome = await guard.exit(POSITION, signal_price=95.0, reason="stop_loss")
         await guard.drain()
-        return outcome
+        errors = [report.error for name, report in recorder.events
+                  if name == "attempt_finished" and report.error]
+        if halt is not None:
+            halt.halt(f"venue error: {errors[0]}", actor="bot")
+        return outcome, errors
 
-    outcome = run_virtual(main())
-    errors = [report.error for name, report in recorder.events
-              if name == "attempt_finished" and report.error]
-    return outcome, errors
+    return run_virtual(main())
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 @pytest.mark.usefixtures("clean_logging")
-def test_a_venue_error_reaches_no_log_line_and_no_span(shape: Shape) -> None:
+def test_a_venue_error_reaches_no_output(
+    shape: Shape, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each shape, raised by a venue, through ExitGuard with every output attached: JSON and
+    console logs (exitguard's events and the core's records), spans received by a real OTLP
+    receiver, pages (JSON and apprise's Discord plugin) received by a real HTTP sink, and the
+    CLI showing the halt whose reason quotes the error."""
+    from apprise.plugins.discord import NotifyDiscord
+    from prometheus_client import CollectorRegistry
+
+    from exitguard.alerting.pager import Pager
+    from exitguard.cli import main as cli
+
+    monkeypatch.setattr(NotifyDiscord, "notify_url", sink.url("/discord"))
+    host = sink.url().partition("://")[2]
+    pager = Pager([f"json://{host}/pages", "discord://112233445566778899/ShapesDiscordTok3n"],
+                  registry=CollectorRegistry(), min_interval=0)
     receiver = OtlpReceiver()
+    halt_files = {run: tmp_path / f"halt-{run}.json" for run in ("json", "console")}
+    outputs: dict[str, str] = {}
     try:
         provider = configure_tracing(receiver.endpoint, set_global=False, schedule_delay=0.05)
-        outputs: dict[str, str] = {}
-        for json in (True, False):
+        for json_logs in (True, False):
             stream, plain = io.StringIO(), io.StringIO()
-            configure_logging(json=json, level="DEBUG", stream=stream)
+            configure_logging(json=json_logs, level="DEBUG", stream=stream)
             core = logging.getLogger("exitguard")
             handler = logging.StreamHandler(plain)
             handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
             core.addHandler(handler)
+            run = "json" if json_logs else "console"
+            halt = TradingHalt(["alice"], store=FileHaltStore(halt_files[run]), name="bot")
             try:
                 outcome, errors = failing_exit(
-                    shape.text, [LogHooks(routine_level="debug"), TracingHooks(provider)]
-                )
+                    shape.text,
+                    [LogHooks(routine_level="debug"), TracingHooks(provider), pager], halt)
             finally:
                 core.removeHandler(handler)
             assert outcome.status is not ExitStatus.CLOSED
             assert any(shape.secret in error for error in errors)  # it did reach the hooks
-            outputs["json logs" if json else "console logs"] = stream.getvalue()
-            outputs[f"stdlib logs ({'json' if json else 'console'} run)"] = plain.getvalue()
+            outputs[f"{run} logs"] = stream.getvalue()
+            outputs[f"stdlib logs ({run} run)"] = plain.getvalue()
         assert shutdown_tracing(provider, timeout=10)
         spans = receiver.wait_for(lambda spans: len(spans) >= 4)
+        asyncio.run(pager.drain())
+        pages = (sink.wait_for_requests("/pages", count=2)
+                 + sink.wait_for_requests("/discord", count=2))
     finally:
         receiver.close()
+        pager.close(timeout=2)
+    capsys.readouterr()
+    for halt_file in halt_files.values():
+        assert shape.secret in halt_file.read_text()  # the raw text did reach the halt's reason
+        assert cli(["halt", "status", "--file", str(halt_file)]) in (0, 1)
+        assert cli(["halt", "status", "--json", "--file", str(halt_file)]) in (0, 1)
+    shown = capsys.readouterr()
     outputs["spans"] = repr(spans)
+    outputs["pages"] = "\n".join(page.body.decode() for page in pages)
+    outputs["cli"] = shown.out + shown.err
 
     assert "price quote failed" in outputs["stdlib logs (json run)"]  # the core did log it
-    assert "exit.finished" in outputs["json logs"]
-    assert "exit.finished" in outputs["console logs"]
+    for run in ("json", "console"):
+        assert "exit.finished" in outputs[f"{run} logs"]
+        assert "trading.halted" in outputs[f"{run} logs"]
     assert any(s.status_message for s in spans)
+    assert "venue error: " in outputs["pages"]
+    assert "venue error: " in outputs["cli"]
     for where, text in outputs.items():
         assert shape.secret not in text, f"{shape.name}: the secret is in the {where}"
     assert shape.kept in outputs["spans"] or MASK in outputs["spans"]
@@ -387,3 +442,29 @@ def test_an_endpoint_with_credentials_from_the_environment_is_never_printed(
     assert any(str(port) in line["event"] for line in sdk), sdk
     for secret in (OTLP_PASSWORD, OTLP_KEY):
         assert secret not in text
+
+
+def test_every_exported_span_is_redacted_the_bots_own_too() -> None:
+    """The exporter configure_tracing sets up is the one place spans pass through: a span of
+    the bot's (an HTTP client's instrumentation records the full URL) leaves redacted."""
+    from opentelemetry.trace import Status, StatusCode
+
+    key, token = "Bo7sUrlK3y0123456789abc", "EventTok3nValue9"
+    with OtlpReceiver() as receiver:
+        provider = configure_tracing(receiver.endpoint, set_global=False, schedule_delay=0.05)
+        tracer = provider.get_tracer("mybot")
+        with tracer.start_as_current_span(f"GET https://rpc.example/v2/{key}") as span:
+            span.set_attribute("http.url", f"https://rpc.example/v2/{key}?x=1")
+            span.set_attribute("http.request.header.authorization", [f"Bearer {token}"])
+            span.set_attribute("http.status_code", 401)
+            span.add_event("retry", {"detail": f"token={token}"})
+            span.set_status(Status(StatusCode.ERROR, f"401 for /v2/{key}"))
+        assert shutdown_tracing(provider, timeout=10)
+        (received,) = receiver.wait_for(lambda spans: len(spans) >= 1)
+    text = repr(received)
+    assert key not in text
+    assert token not in text
+    assert received.attributes["http.url"] == "https://rpc.example/v2/***?x=1"
+    assert received.attributes["http.status_code"] == 401
+    assert received.status_message == "401 for /v2/***"
+    assert received.name == "GET https://rpc.example/v2/***"

@@ -24,7 +24,12 @@ hurt an exit, so:
   whole page stays under Discord's 2,000 characters (the runbook link always kept), and
   Discord is additionally sent the field's markdown escaped and
   ``allowed_mentions: {"parse": []}`` (only the mentions configured with ``ping=`` in the
-  URL may ping).
+  URL may ping). The text rules live in ``exitguard.alerting.page_text``.
+
+Why one module of about 800 lines: the hook, the rate limit, the delivery thread, the secret
+handling of the URLs and the shutdown share one lock and one event loop, and each bounds
+what the others may do (a page is never lost to the rate limit, never blocks the caller,
+never outlives ``close``); they are reviewed together.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import apprise
@@ -53,14 +58,20 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from exitguard import catalogue
 from exitguard._validate import non_negative, positive
 from exitguard.events import BreakerTransition, ExitInfo, Halted, HaltNotSaved, HookEvent
-from exitguard.redaction import (
-    RedactingFilter,
-    escape_controls,
-    get_logger,
-    redact,
-)
+from exitguard.redaction import RedactingFilter, get_logger
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
 from exitguard.runbooks import resume_command as resume_command_text
+
+from .page_text import (
+    NAME_LIMIT,
+    OWN_FIELDS,
+    SafeDiscord,
+    discord_escape,
+    discord_hook_present,
+    fit,
+    plain,
+    safe_text,
+)
 
 if TYPE_CHECKING:
     from exitguard.breaker import BreakerState
@@ -212,94 +223,6 @@ def _protect(urls: Iterable[str]) -> None:
             logger.addFilter(_REDACTOR)
 
 
-# --- text that cannot hijack a page ---------------------------------------------------------
-
-#: Discord refuses a message over 2,000 characters (title and body together): a page is
-#: kept under this, whatever its fields hold.
-PAGE_LIMIT = 1900
-#: The bound on one field's text (a halt's reason, an error) and on a name (guard, breaker,
-#: actor), before any escaping.
-FIELD_LIMIT = 400
-NAME_LIMIT = 80
-
-# A mention (Discord's @everyone, @here, <@id>, <@&role>, <#channel>; Slack's <!here>,
-# <@U123>), an at-sign before a word, and a markdown link's "](": each gets a zero-width
-# space after its first character, which no service parses as a mention or a link.
-_DEFUSE = re.compile(r"[@\uff20](?=[\w!&#])|<(?=[@#!&:/A-Za-z])|\](?=\()")
-_ZWSP = "\u200b"
-# Discord markdown: bold, italics, strike, code, spoiler, quote, heading, links.
-_DISCORD_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()])")
-
-
-def _safe_text(text: str, limit: int = FIELD_LIMIT) -> str:
-    """Untrusted text made fit for a page: redacted (before the cut), one line (control
-    characters escaped), mentions and links defused, at most ``limit`` characters."""
-    text = escape_controls(redact(text, None))
-    if len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
-    return _DEFUSE.sub(lambda m: m.group() + _ZWSP, text)
-
-
-def _plain(text: str) -> str:
-    return text
-
-
-def _discord_escape(text: str) -> str:
-    """Markdown characters shown as themselves by Discord (a backslash before each)."""
-    return _DISCORD_MARKDOWN.sub(r"\\\1", text)
-
-
-def _fit(title: str, lines: list[str], last: str, limit: int = PAGE_LIMIT) -> tuple[str, str]:
-    """(title, body) with the body's ``lines`` cut so that title, body and the ``last`` line
-    (the runbook link) fit in ``limit`` characters together."""
-    title = title if len(title) <= NAME_LIMIT * 3 else title[: NAME_LIMIT * 3 - 1] + "\u2026"
-    head = "\n".join(lines)
-    room = limit - len(title) - 2 - len(last) - 1  # 2: apprise's "\r\n" after the title
-    if len(head) > room:
-        head = head[: max(0, room - 1)] + "\u2026"
-    return title, f"{head}\n{last}"
-
-
-class _SafeDiscord(NotifyDiscord):  # type: ignore[no-untyped-call]
-    """apprise's Discord plugin, sending ``allowed_mentions`` on every message.
-
-    apprise (up to 2.3 at least) sends no ``allowed_mentions`` for plain text (Discord then
-    parses every mention in the content) and, when it does, spells the key
-    ``allow_mentions``, which Discord ignores. Its payload is built inside ``send``, so the
-    one place to set the key is ``_send(payload, ...)``, which every message goes through:
-    only the mentions configured in the URL (``ping=``) may ping; ``parse`` is empty
-    otherwise. The pager checks at construction that the hook is there (an apprise that
-    renamed it is refused rather than paging unsafely).
-    """
-
-    def _send(self, payload: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
-        payload = dict(payload)
-        payload.pop("allow_mentions", None)
-        payload["allowed_mentions"] = self._allowed_mentions()
-        return bool(super()._send(payload, *args, **kwargs))
-
-    def _allowed_mentions(self) -> dict[str, list[str]]:
-        allowed: dict[str, list[str]] = {"parse": []}
-        ping = getattr(self, "ping", None)
-        if ping:
-            configured = self.ping_payload(" ".join(ping)).get("allow_mentions") or {}
-            for key in ("parse", "users", "roles"):
-                values = configured.get(key)
-                if values:
-                    allowed[key] = sorted(str(v) for v in values)
-        return allowed
-
-
-def _discord_hook_present() -> bool:
-    import inspect
-
-    send = getattr(NotifyDiscord, "_send", None)
-    if not callable(send):
-        return False
-    parameters = list(inspect.signature(send).parameters)
-    return len(parameters) >= 2 and parameters[1] == "payload"
-
-
 # --- configuration ----------------------------------------------------------------------------
 
 _SPLIT = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.-]*://)")
@@ -372,11 +295,12 @@ class _Event:
 
     def page(
         self, suppressed: int, *, digest: bool = False, runbook_base_url: str = RUNBOOK_BASE_URL,
-        escape: Callable[[str], str] = _plain,
+        escape: Callable[[str], str] = plain,
     ) -> tuple[str, str]:
         """(title, body) of the page for this event plus ``suppressed`` similar ones, under
         ``PAGE_LIMIT`` characters together; ``escape`` is the channel's markup escaping."""
-        values = {key: escape(value) for key, value in self.details}
+        values = {key: value if key in OWN_FIELDS else escape(value)
+                  for key, value in self.details}
         headline = self.headline(values)
         lines = [f"Still happening: {headline}" if digest else headline, ""]
         lines += [f"{key}: {value}" for key, value in values.items()]
@@ -386,7 +310,7 @@ class _Event:
                 f" {values['guard']} since the last page (rate limit)"
             )
         runbook = f"runbook: {runbook_url(_RUNBOOK_ALERTS[self.kind], runbook_base_url)}"
-        return _fit(self.title(values), lines, runbook)
+        return fit(self.title(values), lines, runbook)
 
 
 @dataclass(slots=True)
@@ -408,7 +332,7 @@ class _Channel:
     kind: str
     notifier: apprise.Apprise
     executor: concurrent.futures.ThreadPoolExecutor
-    escape: Callable[[str], str] = _plain  # the service's markup escaping of a field
+    escape: Callable[[str], str] = plain  # the service's markup escaping of a field
 
 
 def _iso(wall: float) -> str:
@@ -506,7 +430,7 @@ class Pager:
                 f"pager URL #{number} (scheme {_scheme(str(url))!r}) is not a valid apprise URL"
             )
         plugins = list(notifier)
-        escape = _plain
+        escape = plain
         for plugin in plugins:
             # Bound the worker thread of an abandoned send, not only our wait for it.
             for attr in ("socket_connect_timeout", "socket_read_timeout"):
@@ -514,7 +438,7 @@ class Pager:
                 if isinstance(current, int | float):
                     setattr(plugin, attr, min(float(current), self.timeout))
             if isinstance(plugin, NotifyDiscord):
-                if not _discord_hook_present():
+                if not discord_hook_present():
                     raise ValueError(
                         f"pager URL #{number} (discord): this apprise's Discord plugin has no"
                         " _send(payload) to add allowed_mentions to; pages could ping the"
@@ -522,8 +446,8 @@ class Pager:
                         " pyproject.toml)"
                     )
                 # The same plugin, with every message sent with allowed_mentions.
-                plugin.__class__ = _SafeDiscord
-                escape = _discord_escape
+                plugin.__class__ = SafeDiscord
+                escape = discord_escape
         kind = _channel_kind(plugins[0]) if plugins else "unknown"
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix=f"exitguard-pager-{kind}"
@@ -624,10 +548,10 @@ class Pager:
                     " fallback venue, or through it as its probe)."
                 ),
                 details=(
-                    ("guard", _safe_text(guard, NAME_LIMIT)),
-                    ("breaker", _safe_text(breaker, NAME_LIMIT)),
+                    ("guard", safe_text(guard, NAME_LIMIT)),
+                    ("breaker", safe_text(breaker, NAME_LIMIT)),
                     ("event", PageKind.BREAKER_OPEN.value),
-                    ("transition", _safe_text(f"{old_name} → {new_name}", NAME_LIMIT)),
+                    ("transition", safe_text(f"{old_name} → {new_name}", NAME_LIMIT)),
                     ("at", _iso(time.time())),
                 ),
             )
@@ -651,10 +575,10 @@ class Pager:
                     " approvers listed)."
                 ),
                 details=(
-                    ("guard", _safe_text(guard, NAME_LIMIT)),
+                    ("guard", safe_text(guard, NAME_LIMIT)),
                     ("event", PageKind.HALTED.value),
-                    ("reason", _safe_text(record.reason)),
-                    ("actor", _safe_text(record.actor, NAME_LIMIT)),
+                    ("reason", safe_text(record.reason)),
+                    ("actor", safe_text(record.actor, NAME_LIMIT)),
                     ("at", _iso(record.at)),
                     ("resume", _safe_text(command)),
                     ("approvers", _safe_text(", ".join(record.approvers))),
@@ -676,9 +600,9 @@ class Pager:
                     " fix the file's permissions; the guard writes it again at the next entry"
                     " check."
                 ),
-                details=(("guard", _safe_text(guard, NAME_LIMIT)),
+                details=(("guard", safe_text(guard, NAME_LIMIT)),
                          ("event", PageKind.HALT_NOT_SAVED.value),
-                         ("error", _safe_text(error))),
+                         ("error", safe_text(error))),
             )
         )
 

@@ -17,6 +17,10 @@ unreachable or slow collector never slows an exit::
     instrument(guard, tracer_provider=provider)
     ...
     shutdown_tracing(provider)  # flushes what is queued, bounded in time
+
+Why one module of about 600 lines: the span model (names, attributes, events), the hook that
+builds it and the export set-up that redacts and counts what leaves are one contract with the
+OTLP receiver the tests check; split, a renamed attribute would drift from its exporter.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ __all__ = [
     "CountingSpanExporter",
     "TracingHooks",
     "configure_tracing",
+    "redact_span",
     "shutdown_tracing",
 ]
 
@@ -350,13 +355,84 @@ class _QuietDuringOutage(logging.Filter):
 _QUIET = _QuietDuringOutage()
 
 
+#: Shorter strings cannot hold a secret shape worth a look-up (``token=x`` is 7).
+_SHORTEST_SECRET_TEXT = 8
+
+
+def _clean_text(value: str) -> str:
+    if len(value) < _SHORTEST_SECRET_TEXT or not (
+        " " in value or ":" in value or "=" in value or "/" in value or "\t" in value
+    ):
+        return value  # an id, an enum value, a word: what most attributes are
+    return redact(value, None)
+
+
+def _clean_attributes(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``attributes`` itself when nothing in it is a secret, else a redacted copy. (This
+    runs for every attribute of every span on the export thread: one pass, no copy unless
+    something changes; the SDK's BoundedAttributes is read through its plain dict.)"""
+    if not attributes:
+        return attributes
+    items = getattr(attributes, "_dict", attributes)
+    cleaned: dict[str, Any] | None = None
+    for key, value in items.items():
+        if type(value) is str:
+            new: Any = _clean_text(value)
+        elif isinstance(value, tuple | list) and value and isinstance(value[0], str):
+            new = tuple(_clean_text(item) for item in value)
+            if new == tuple(value):
+                continue
+        else:
+            continue
+        if new != value:
+            if cleaned is None:
+                cleaned = dict(items)
+            cleaned[key] = new
+    return attributes if cleaned is None else cleaned
+
+
+def redact_span(span: ReadableSpan) -> ReadableSpan:
+    """``span`` with every text that may quote a secret redacted: its name, status
+    description, attributes and events' attributes (the bot's own spans too: an HTTP
+    client's instrumentation records the full URL, key included). The span itself when
+    nothing changes (the usual case: no copy)."""
+    name = _clean_text(span.name)
+    attributes = _clean_attributes(span.attributes)
+    status = span.status
+    if status.description:
+        description = _clean_text(status.description)
+        if description != status.description:
+            status = Status(status.status_code, description)
+    events = []
+    events_changed = False
+    for event in span.events:
+        event_attributes = _clean_attributes(event.attributes)
+        if event_attributes is not event.attributes:
+            events_changed = True
+            event = Event(event.name, event_attributes, event.timestamp)
+        events.append(event)
+    if (name == span.name and attributes is span.attributes and status is span.status
+            and not events_changed):
+        return span
+    return ReadableSpan(
+        name=name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=attributes, events=events, links=span.links, kind=span.kind,
+        status=status, start_time=span.start_time, end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
 class CountingSpanExporter(SpanExporter):
-    """Wraps a span exporter so a collector outage is logged once and counted, not logged
-    per batch: every failed batch (a FAILURE result or an exception) adds one to
-    ``exitguard_trace_export_failures_total``; the first failure of an outage is logged
-    (after the exporter's own lines, which carry the reason), further ones are not (the
-    OTLP exporter's per-batch lines are dropped meanwhile), and the recovery is logged.
-    ``configure_tracing`` puts it around every exporter it sets up.
+    """Wraps a span exporter: the one place every exported span passes through.
+
+    Each span is redacted first (``redact_span``: names, statuses, attributes, events; the
+    bot's spans included), on the export thread, so it costs an exit nothing. A collector
+    outage is logged once and counted, not logged per batch: every failed batch (a FAILURE
+    result or an exception) adds one to ``exitguard_trace_export_failures_total``; the
+    first failure of an outage is logged (after the exporter's own lines, which carry the
+    reason), further ones are not (the OTLP exporter's per-batch lines are dropped
+    meanwhile), and the recovery is logged. ``configure_tracing`` puts it around every
+    exporter it sets up.
     """
 
     def __init__(self, exporter: SpanExporter) -> None:
@@ -369,7 +445,7 @@ class CountingSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            result = self.exporter.export(spans)
+            result = self.exporter.export([redact_span(span) for span in spans])
             error = "" if result is SpanExportResult.SUCCESS else "the exporter reported failure"
         except Exception as exc:  # an exporter must never take the export thread down
             result, error = SpanExportResult.FAILURE, f"{type(exc).__name__}: {redact(str(exc))}"
