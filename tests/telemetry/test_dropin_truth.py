@@ -334,3 +334,14 @@ def test_track_exit_as_a_plain_with_block(kit: Kit) -> None:
     assert exit_.outcome is not None
     assert exit_.outcome.status is ExitStatus.CLOSED
     assert kit.exits() == {"closed": 1}
+
+
+def test_an_attempt_finished_as_send_failed_never_shows_submitted(kit: Kit) -> None:
+    async def body(exit_: TrackedExit) -> None:
+        attempt = exit_.attempt_started("market")
+        exit_.attempt_finished(attempt, "send_failed")
+
+    outcome, line = tracked(kit, body)
+    assert ExitState.SUBMITTED not in states(outcome)
+    assert outcome.history[1].detail == "not sent: not_sent"
+    assert line["outcome"] == "failed"

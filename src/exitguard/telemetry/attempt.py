@@ -204,6 +204,8 @@ class TrackedAttempt:
                 self._not_sent = True
         final = self._result
         assert final is not None
+        if final is AttemptResult.SEND_FAILED:  # however it was said: it never left
+            self._not_sent = True
         if final in OK and self._fill_size is None:  # finish("filled") without filled()
             self._fill_size = self.info.order.size if final is AttemptResult.FILLED else 0.0
         if final not in OK and self._error_class is None:
