@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._validate import is_finite
 from .book import TIME_EPSILON, Pending, PositionBook, PositionEntry
@@ -49,6 +49,12 @@ class Route:
     venue: Venue
     breaker: CircuitBreaker
     name: str
+    #: ``isinstance(venue, TwoPhaseVenue)``, checked once: a runtime Protocol check walks the
+    #: protocol's members (about 100 us on a loaded machine), too slow for every attempt.
+    two_phase: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.two_phase = isinstance(self.venue, TwoPhaseVenue)
 
 
 class GuardSettings(Protocol):
@@ -422,8 +428,9 @@ class ExitRun:
         started = self.loop.time()
         self.last_attempt_at = started
         limit = max(0.0, min(self.attempt_limit, self.deadline.expires_at - started))
-        if isinstance(venue, TwoPhaseVenue):
-            pending = await self._send_two_phase(venue, order, attempt, started, limit)
+        if self.route.two_phase:
+            pending = await self._send_two_phase(cast(TwoPhaseVenue, venue), order, attempt,
+                                                 started, limit)
         else:
             pending = await self._send(venue, order, attempt, started, limit)
         if pending is not None:
