@@ -494,9 +494,10 @@ class ExitRun:
                     started: float, limit: float) -> Pending | None:
         """``submit`` with the order tracked by its client order id before it leaves."""
         book, entry = self.guard.book, self.entry
-        placeholder = self._pending(Submission(order.client_order_id, order), order)
+        client_id = order.client_order_id  # a hash: computed once
+        placeholder = self._pending(Submission(client_id, order), order)
         book.track(entry, placeholder)
-        self.sm.add_pending(order.client_order_id)
+        self.sm.add_pending(client_id)
         try:
             raw: Any = await self.guard.calls.call(lambda: venue.submit(order), limit, "submit")
         except Exception as exc:
@@ -508,7 +509,7 @@ class ExitRun:
             if self._answered_late(placeholder, attempt, started, error_class, exc):
                 return None
             self._to(ExitState.SUBMITTED, detail="submit did not answer",
-                     tx_id=order.client_order_id)
+                     tx_id=client_id)
             self._unknown(placeholder, attempt, started, error_class, exc,
                           f"submit failed ({error_class}): the order may be out")
             return None
@@ -523,13 +524,13 @@ class ExitRun:
                                    error):
                 return None
             self._to(ExitState.SUBMITTED, detail="invalid submit response",
-                     tx_id=order.client_order_id)
+                     tx_id=client_id)
             self._unknown(placeholder, attempt, started, ErrorClass.INVALID_RESPONSE, error,
                           "submit answered garbage: the order may be out")
             return None
         pending = self._pending(raw, order)
-        book.replace(entry, order.client_order_id, pending)
-        self.sm.resolve_pending(order.client_order_id)
+        book.replace(entry, client_id, pending)
+        self.sm.resolve_pending(client_id)
         self.sm.add_pending(raw.tx_id)
         if self._answered_late(pending, attempt, started, ErrorClass.RPC_TIMEOUT,
                                TimeoutError("submit answered after the exit deadline")):
