@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._validate import is_finite
 from .book import TIME_EPSILON, Pending, PositionBook, PositionEntry
@@ -54,6 +54,12 @@ class Route:
     venue: Venue
     breaker: CircuitBreaker
     name: str
+    #: ``isinstance(venue, TwoPhaseVenue)``, checked once: a runtime Protocol check walks the
+    #: protocol's members (about 100 us on a loaded machine), too slow for every attempt.
+    two_phase: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.two_phase = isinstance(self.venue, TwoPhaseVenue)
 
 
 class GuardSettings(Protocol):
@@ -94,7 +100,8 @@ class ExitRun:
 
     # Slots: thousands may be in flight at once.
     __slots__ = (
-        "attempt_limit", "attempts", "deadline", "deadline_hit", "entry", "failed_attempts",
+        "attempt_limit", "attempts", "deadline", "deadline_hit", "ended", "entry",
+        "failed_attempts",
         "guard", "info", "ladder_failures", "last_attempt_at", "last_error",
         "last_error_class", "last_price", "ledger", "loop", "observer", "outcome",
         "partial_fills", "permit", "policy", "position", "quote_failed", "reason", "resend",
@@ -148,6 +155,8 @@ class ExitRun:
         self.quote_failed = False
         self.outcome: ExitOutcome | None = None
         self.resend: ExitOrder | None = None  # an order the venue proved it never sent
+        #: Set when an attempt itself ended the exit (a send answered after the deadline).
+        self.ended: tuple[ExitStatus, str] | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -353,6 +362,8 @@ class ExitRun:
                 self._to(ExitState.EXIT_FAILED, detail=why)
                 return ExitStatus.FAILED, why
             await self._attempt(venue)
+            if self.ended is not None:
+                return self.ended
 
     async def _quote(self, venue: Venue) -> float:
         """A fresh reference price; a failed quote never blocks the exit."""
@@ -401,10 +412,20 @@ class ExitRun:
         if resend is not None and resend.size == self.ledger.remaining:
             # The venue proved the last order never left: send that same order again (same
             # client order id, so an idempotent venue cannot fill it twice).
+            reference = None
+        else:
+            reference = await self._quote(venue)
+        if self.loop.time() >= self.submission_deadline:
+            # The quote (or a stalled loop) ran into the deadline: nothing may be sent now.
+            # The loop ends the exit FAILED (no room left); sending anyway would put out an
+            # order no exit waits for.
+            return
+        if reference is None:
+            assert resend is not None
             self.attempts += 1
             order = resend
         else:
-            order = self._next_order(await self._quote(venue))
+            order = self._next_order(reference)
         assert self.route is not None
         attempt = AttemptInfo(self.attempts, order, self.step_index, self.route.name)
         if self.observer is not None:
@@ -412,8 +433,9 @@ class ExitRun:
         started = self.loop.time()
         self.last_attempt_at = started
         limit = max(0.0, min(self.attempt_limit, self.deadline.expires_at - started))
-        if isinstance(venue, TwoPhaseVenue):
-            pending = await self._send_two_phase(venue, order, attempt, started, limit)
+        if self.route.two_phase:
+            pending = await self._send_two_phase(cast(TwoPhaseVenue, venue), order, attempt,
+                                                 started, limit)
         else:
             pending = await self._send(venue, order, attempt, started, limit)
         if pending is not None:
@@ -440,6 +462,26 @@ class ExitRun:
         self._report(attempt, AttemptResult.TIMEOUT, started, tx_id=tx_id,
                      error_class=error_class, error=error)
 
+    def _answered_late(self, pending: Pending, attempt: AttemptInfo, started: float,
+                       error_class: ErrorClass, error: BaseException) -> bool:
+        """A submit that answered (or failed unclearly) after the exit deadline: the order
+        may be out, so it stays tracked (polled in the background), and the exit ends
+        UNRESOLVED at once; nothing is recorded as submitted after the deadline."""
+        if self.deadline.is_within_window():
+            return False
+        pending.cause = error_class
+        self.last_error_class = error_class
+        self.last_error = describe_error(error)
+        self.deadline_hit = True
+        tx_id = pending.submission.tx_id
+        why = "deadline passed while a submission may land"
+        self._to(ExitState.EXIT_UNRESOLVED, detail=f"submit answered after the deadline: {why}",
+                 tx_id=tx_id)
+        self._report(attempt, AttemptResult.TIMEOUT, started, tx_id=tx_id,
+                     error_class=error_class, error=error)
+        self.ended = (ExitStatus.UNRESOLVED, why)
+        return True
+
     def _pending(self, submission: Submission, order: ExitOrder) -> Pending:
         assert self.route is not None
         # Track the order the guard sent, whatever order the venue echoes back.
@@ -452,9 +494,10 @@ class ExitRun:
                     started: float, limit: float) -> Pending | None:
         """``submit`` with the order tracked by its client order id before it leaves."""
         book, entry = self.guard.book, self.entry
-        placeholder = self._pending(Submission(order.client_order_id, order), order)
+        client_id = order.client_order_id  # a hash: computed once
+        placeholder = self._pending(Submission(client_id, order), order)
         book.track(entry, placeholder)
-        self.sm.add_pending(order.client_order_id)
+        self.sm.add_pending(client_id)
         try:
             raw: Any = await self.guard.calls.call(lambda: venue.submit(order), limit, "submit")
         except Exception as exc:
@@ -463,8 +506,10 @@ class ExitRun:
                 self._gone(placeholder)
                 self._not_sent(attempt, started, exc, error_class)
                 return None
+            if self._answered_late(placeholder, attempt, started, error_class, exc):
+                return None
             self._to(ExitState.SUBMITTED, detail="submit did not answer",
-                     tx_id=order.client_order_id)
+                     tx_id=client_id)
             self._unknown(placeholder, attempt, started, error_class, exc,
                           f"submit failed ({error_class}): the order may be out")
             return None
@@ -475,15 +520,21 @@ class ExitRun:
             # submit returned, so the order may be out: keep it by its client order id.
             error = InvalidVenueResponse(f"submit returned {type(raw).__name__} without a"
                                          " transaction id")
+            if self._answered_late(placeholder, attempt, started, ErrorClass.INVALID_RESPONSE,
+                                   error):
+                return None
             self._to(ExitState.SUBMITTED, detail="invalid submit response",
-                     tx_id=order.client_order_id)
+                     tx_id=client_id)
             self._unknown(placeholder, attempt, started, ErrorClass.INVALID_RESPONSE, error,
                           "submit answered garbage: the order may be out")
             return None
         pending = self._pending(raw, order)
-        book.replace(entry, order.client_order_id, pending)
-        self.sm.resolve_pending(order.client_order_id)
+        book.replace(entry, client_id, pending)
+        self.sm.resolve_pending(client_id)
         self.sm.add_pending(raw.tx_id)
+        if self._answered_late(pending, attempt, started, ErrorClass.RPC_TIMEOUT,
+                               TimeoutError("submit answered after the exit deadline")):
+            return None
         self._to(ExitState.SUBMITTED, detail=f"{order.mode} {order.max_slippage_bps}bps",
                  tx_id=raw.tx_id)
         return pending
@@ -501,6 +552,10 @@ class ExitRun:
             error_class = self._classify(exc)
             self._not_sent(attempt, started, exc,
                            error_class if error_class in NOT_SENT else ErrorClass.NOT_SENT)
+            return None
+        if not self.deadline.is_within_window():  # prepared too late: nothing goes out now
+            self._not_sent(attempt, started, TimeoutError("prepared after the exit deadline"),
+                           ErrorClass.NOT_SENT)
             return None
         pending = self._pending(prepared, order)
         book.track(entry, pending)

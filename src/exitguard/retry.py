@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .book import TIME_EPSILON
 from .clock import loop_time
 from .errors import (
     Classifier,
@@ -102,7 +103,10 @@ class BoundedRetryExecutor:
                     self.on_retry(attempt, error_class, error, delay)
                 except Exception:
                     _log.exception("on_retry callback raised; retrying anyway")
-            await asyncio.sleep(delay)
+            if delay > TIME_EPSILON:
+                await asyncio.sleep(delay)
+            else:  # below the clock's resolution the timer would fire at once: only yield
+                await asyncio.sleep(0)
             if expires_at - loop_time() <= policy.min_attempt_time:
                 raise RetryExhaustedError(
                     attempt, error, loop_time() - start,

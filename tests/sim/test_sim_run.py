@@ -202,6 +202,15 @@ def test_same_seed_same_results_and_another_seed_differs() -> None:
     assert set(one["variants"]) == set(VARIANTS)
 
 
+def test_worker_processes_give_the_same_results_as_one_process() -> None:
+    # Each run has its own loop and seeds: how runs are shared among processes (and in
+    # which chunks) cannot change a figure.
+    one = run_monte_carlo(6, 42, jobs=1).as_dict()
+    assert one == run_monte_carlo(6, 42, jobs=2).as_dict()
+    with pytest.raises(ValueError, match="jobs"):
+        run_monte_carlo(1, 1, jobs=0)
+
+
 def test_progress_is_reported_per_run() -> None:
     ticks: list[int] = []
     run_monte_carlo(5, 1, progress=ticks.append)
