@@ -284,7 +284,7 @@ def _alerts_counter(registry: CollectorRegistry) -> Counter:
 
 @dataclass(frozen=True, slots=True)
 class _Event:
-    """One page's content. ``details`` hold safe text (``_safe_text``); ``title`` and
+    """One page's content. ``details`` hold safe text (``safe_text``); ``title`` and
     ``headline`` build their sentence from them, after the channel's escaping."""
 
     guard: str
@@ -580,8 +580,8 @@ class Pager:
                     ("reason", safe_text(record.reason)),
                     ("actor", safe_text(record.actor, NAME_LIMIT)),
                     ("at", _iso(record.at)),
-                    ("resume", _safe_text(command)),
-                    ("approvers", _safe_text(", ".join(record.approvers))),
+                    ("resume", safe_text(command)),
+                    ("approvers", safe_text(", ".join(record.approvers))),
                 ),
             )
         )
