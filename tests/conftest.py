@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from tests.support.otlp_receiver import OtlpReceiver
-    from tests.support.servers import WebhookSink
+    from tests.support.servers import RedisServer, WebhookSink
 
 
 @pytest.fixture
@@ -74,3 +74,13 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         yield receiver
     finally:
         receiver.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port (skipped without the binary, failing in
+    CI), stopped after the test whatever its result; the test may kill and restart it."""
+    from tests.support.servers import redis_server as start_redis
+
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
