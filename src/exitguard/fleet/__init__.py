@@ -10,5 +10,6 @@ alone: the core's file and memory stores stay as they are.
 from __future__ import annotations
 
 from .redis_breaker import RedisBreakerBackend
+from .redis_halt import RedisHaltStore
 
-__all__ = ["RedisBreakerBackend"]
+__all__ = ["RedisBreakerBackend", "RedisHaltStore"]
