@@ -99,7 +99,13 @@ class SharedBreakerBackend(Protocol):
     """
 
     def attach(self, breaker: CircuitBreaker) -> None:
-        """Call ``breaker.sync()`` whenever another process moves this breaker's state."""
+        """Call ``breaker.sync()`` whenever another process moves this breaker's state or
+        its count of consecutive failures between zero and non-zero."""
+
+    def fresh(self, breaker: CircuitBreaker) -> bool:
+        """True while every change of the fleet's state reaches this process (a live push):
+        a closed breaker then lets exits through without asking the store, and takes their
+        successes without it while no failure is counted."""
 
     def allow(self, breaker: CircuitBreaker) -> SharedState:
         """The fleet's state; in half-open, a probe lease if one is free (at most
@@ -171,6 +177,7 @@ class CircuitBreaker:
         #: The last backend failure while it lasts (None while the backend answers).
         self.shared_error: str | None = None
         self._shared_retry_at = 0.0
+        self._mirrored = False  # the fleet's state was read at least once
         if shared is not None:
             shared.attach(self)
 
@@ -214,6 +221,14 @@ class CircuitBreaker:
                        " process's own exits until it answers (retried every %gs)", self.name,
                        self.shared_error, self.shared_retry)
 
+    def _current(self) -> bool:
+        """The mirror is the fleet's state (pushes arrive, the store answers) and closed:
+        what an ``allow`` would get from the store anyway (a transition is pushed). Saves a
+        round trip per exit; open and half-open (time-based, and the probe lease) ask."""
+        shared = self.shared
+        return (shared is not None and self._mirrored and self.shared_error is None
+                and self._state is BreakerState.CLOSED and shared.fresh(self))
+
     def _mirror(self, view: SharedState) -> tuple[BreakerState, BreakerState, str] | None:
         """Take the fleet's state (under the lock); the transition to report, if any."""
         self._consecutive_failures = view.consecutive_failures
@@ -223,6 +238,7 @@ class CircuitBreaker:
 
     def _apply(self, view: SharedState) -> BreakerState:
         with self._lock:
+            self._mirrored = True
             event = self._mirror(view)
         self._notify(event)
         return view.state
@@ -290,6 +306,8 @@ class CircuitBreaker:
 
     def allow(self) -> Permit | None:
         """Let an exit through (returning a permit) or refuse it (None) without waiting."""
+        if self._current():
+            return Permit(probe=False)
         view = self._ask(lambda shared: shared.allow(self))
         if view is not None:
             state = self._apply(view)
@@ -348,6 +366,10 @@ class CircuitBreaker:
         return self._ask(lambda shared: shared.record(self, ok=ok, lease=lease, forced=forced))
 
     def record_success(self, permit: Permit | None = None) -> None:
+        if self.failure_rate is None and (permit is None or not permit.probe) and (
+            self._consecutive_failures == 0 and self._current()
+        ):
+            return  # nothing for the store to count: no failure to reset, no rate window
         view = self._verdict(permit, ok=True)
         if view is not None:
             self._apply(view)

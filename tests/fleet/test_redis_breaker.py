@@ -19,7 +19,13 @@ pytest.importorskip("redis")
 
 import redis
 
-from exitguard.breaker import BreakerAction, BreakerState, CircuitBreaker, Permit
+from exitguard.breaker import (
+    BreakerAction,
+    BreakerState,
+    CircuitBreaker,
+    Permit,
+    SharedState,
+)
 from exitguard.errors import ConfigError
 from exitguard.faults import FaultSource
 from exitguard.fleet import RedisBreakerBackend
@@ -79,6 +85,9 @@ def test_a_success_anywhere_resets_the_fleet_count(backends: list[RedisBreakerBa
     a, b, c = fleet(backends, failure_threshold=3)
     a.record_failure(a.allow())
     b.record_failure(b.allow())
+    # The count left zero: pushed, so c's next success goes to Redis and resets it (a success
+    # racing the push would be skipped: the fleet count is "since the last success it knew").
+    wait_until(lambda: c.consecutive_failures > 0, 10, 0.01, "the count pushed to c")
     c.record_success(c.allow())
     a.record_failure(a.allow())
     assert b.record_failure(b.allow()) is BreakerAction.CONTINUE
@@ -237,3 +246,50 @@ def test_a_dead_redis_costs_an_allow_little(redis_server: RedisServer) -> None:
     started = time.monotonic()
     breaker.allow()
     assert time.monotonic() - started < 2.5  # far below the 5 s timeout
+
+
+class CountingBackend(RedisBreakerBackend):
+    """Counts the calls an exit's path makes to Redis (pushed syncs are not on it)."""
+
+    asked = 0
+
+    def allow(self, breaker: CircuitBreaker) -> SharedState:
+        self.asked += 1
+        return super().allow(breaker)
+
+    def record(self, breaker: CircuitBreaker, *, ok: bool, lease: str | None,
+               forced: bool) -> SharedState:
+        self.asked += 1
+        return super().record(breaker, ok=ok, lease=lease, forced=forced)
+
+
+def test_healthy_exits_cost_no_round_trip_while_the_push_is_live(
+    redis_server: RedisServer,
+) -> None:
+    backends = [CountingBackend(redis_server.url, namespace="t") for _ in range(2)]
+    try:
+        a, b = fleet(list(backends))
+        for _ in range(50):
+            a.record_success(a.allow())
+        assert backends[0].asked == 0
+        # A failure is always counted in Redis, and the others hear that the count moved:
+        # their next success asks Redis (which resets the count, pushed again).
+        a.record_failure(a.allow())
+        assert backends[0].asked == 1  # the allow was still answered from the mirror
+        wait_until(lambda: b.consecutive_failures == 1, 10, 0.01, "the count pushed to b")
+        b.record_success(b.allow())
+        assert backends[1].asked == 1  # the success, which resets the fleet's count
+        wait_until(lambda: a.consecutive_failures == 0, 10, 0.01, "the reset pushed to a")
+        a.record_success(a.allow())
+        assert backends[0].asked == 1
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+def test_without_a_push_every_call_asks_redis(redis_server: RedisServer) -> None:
+    backend = CountingBackend(redis_server.url, namespace="t", push=False)
+    breaker = CircuitBreaker(name="v", shared=backend)
+    for _ in range(5):
+        breaker.record_success(breaker.allow())
+    assert backend.asked == 10

@@ -13,7 +13,13 @@ the same venue, and
 - time is Redis's clock (``TIME`` inside the scripts): one clock for hosts whose clocks differ.
 
 Each decision is one Lua script, so two processes can never both open, close or probe on a
-stale read. An exit costs two round trips (``allow`` and the verdict).
+stale read. The push keeps each process's mirror current (the state, and whether the fleet's
+failure count is zero), so while the fleet's breaker is closed an ``allow`` is answered from
+it, and so is the success of a healthy exit while no failure is counted: a healthy exit costs
+no round trip; a failed exit, a success that resets the count, and every exit of a breaker
+with a ``failure_rate`` (its window is the fleet's) cost one; open and half-open ask Redis on
+each ``allow`` (the cool-down runs on Redis's clock; the probe is a lease). Without a live
+push (``push=False``, or the subscription down) every call asks Redis.
 
 **When Redis is down** (refused, timed out, or an answer that is not ours) the breaker decides
 alone: it keeps the last state it saw from the fleet and counts only its own exits (a
@@ -102,8 +108,13 @@ return {state, reason, consecutive, false}
 _RECORD = _PRELUDE + """
 local ok = ARGV[4] == '1'
 local forced = ARGV[11] == '1'
+local before = consecutive
 if ok then consecutive = 0 else consecutive = consecutive + 1 end
 redis.call('HSET', KEYS[1], 'consecutive', consecutive)
+if (before == 0) ~= (consecutive == 0) then
+  -- the other processes' healthy exits skip the store only while the count is zero
+  redis.call('PUBLISH', channel, name)
+end
 local rated = ARGV[6] ~= ''
 local calls, failures = 0, 0
 if rated then
@@ -245,6 +256,10 @@ class RedisBreakerBackend:
                     name=f"exitguard-breakers-{self.namespace}",
                 )
                 self._subscriber.start()
+
+    def fresh(self, breaker: CircuitBreaker) -> bool:
+        subscriber = self._subscriber
+        return subscriber is not None and subscriber.connected.is_set()
 
     def allow(self, breaker: CircuitBreaker) -> SharedState:
         token = f"{self._token}-{next(self._serial)}"
