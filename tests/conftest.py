@@ -11,6 +11,7 @@ collect without the telemetry and alerting dependencies installed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,22 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         yield receiver
     finally:
         receiver.close()
+
+
+#: The halt's HMAC key in tests (a real bot keeps its own outside the repository). Set for
+#: the whole session too, for module-scoped fixtures and the processes they start.
+TEST_HALT_KEY = "test-halt-key-0123456789abcdef"
+os.environ["EXITGUARD_HALT_KEY"] = TEST_HALT_KEY
+os.environ.pop("EXITGUARD_HALT_KEY_FILE", None)
+
+
+@pytest.fixture(autouse=True)
+def halt_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test (and the processes it starts) signs halt files with the same test key, as
+    a bot and its operators share one; a test about the key itself unsets or replaces it."""
+    monkeypatch.delenv("EXITGUARD_HALT_KEY_FILE", raising=False)
+    monkeypatch.setenv("EXITGUARD_HALT_KEY", TEST_HALT_KEY)
+    return TEST_HALT_KEY
 
 
 @pytest.fixture

@@ -176,10 +176,12 @@ class BreakerTransition(Event):
 
 @dataclass(frozen=True, slots=True)
 class Halted(Event):
-    """New entries were halted (exits go on)."""
+    """New entries were halted (exits go on). ``resume_command`` is the shell command that
+    lifts it (with the halt file's path), when the CLI can reach the halt's store."""
 
     guard: str
     record: HaltRecord
+    resume_command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,7 +181,8 @@ class ExitGuard:
 
     def _on_halt(self, record: HaltRecord) -> None:
         if self._hooks is not None:
-            self._hooks.halted(self.name, record)
+            command = self.halt.resume_command() if self.halt is not None else None
+            self._hooks.halted(self.name, record, command)
 
     def _on_halt_not_saved(self, error: str) -> None:
         if self._hooks is not None:

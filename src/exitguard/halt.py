@@ -1,18 +1,44 @@
-"""A reduce-only trading halt with an approved, audited resume and a persistent store.
+"""A reduce-only trading halt: lifted only by an approver stored with the halt, audited in a
+tamper-evident chain, shared by every process that reads the same store.
 
-A halt blocks new entries (``check_entry`` raises) and never exits. It survives a restart:
-the file store writes atomically (temp file, fsync, rename), and a file that cannot be read
-means "halted", never "trading allowed". Resume needs an approver from a configured list and
-is recorded (who, when, why) in the audit history.
+A halt blocks new entries (``check_entry`` raises) and never exits. Its audit is a list of
+records, append-only: each record is chained to the one before it by an HMAC-SHA256 over its
+content and the previous record's MAC, with a key the bot holds (``key=``, or the
+``EXITGUARD_HALT_KEY_FILE`` / ``EXITGUARD_HALT_KEY`` environment variables). The chain is
+verified on every load. Whatever cannot be trusted means "halted", never "trading allowed":
+an unreadable store, a record edited by hand (``"halted": false`` breaks its MAC), a broken
+link, or a store that went back in time (fewer records than this process has already seen,
+or a vanished file).
+
+Who may resume is stored WITH the halt: each halt record carries the approver list of the
+``TradingHalt`` that wrote it, so ``exitguard halt resume`` checks the resumer against the
+halt's own list, never against a list the resumer brings. Each record also names the OS user
+of the process that wrote it.
+
+Another process's write (``exitguard halt resume`` from a shell, another bot on the same
+file) is seen by this one within ``poll_interval`` seconds: ``check_entry``, ``is_halted``,
+``reason`` and ``history`` look at the store's cheap version token (a file's inode, size and
+mtime) when the last look is older than that, and reload only when it changed. Every write
+takes the store's exclusive lock, re-reads and verifies the chain, and appends on top of
+what it found, so the bot's next write never erases a resume written by the CLI.
+
+What a store must provide is :class:`HaltStore` (below, and nothing else): the HMAC chain,
+the approver rule and the poll live here, over records, so a store only keeps JSON objects.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
+import math
 import os
+import secrets
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,68 +50,116 @@ from .redaction import get_logger
 
 _log = get_logger("exitguard.halt")
 
+#: The environment variable naming a file that holds the halt's HMAC key (preferred).
+ENV_KEY_FILE = "EXITGUARD_HALT_KEY_FILE"
+#: The environment variable holding the halt's HMAC key itself.
+ENV_KEY = "EXITGUARD_HALT_KEY"
+#: A key shorter than this many bytes is refused (32 random bytes, hex-encoded, recommended).
+MIN_KEY_BYTES = 16
+#: Default seconds between two looks at the store for another process's write.
+DEFAULT_POLL_INTERVAL = 1.0
+
+#: What the MAC covers besides the record, so a MAC of another exitguard format never fits.
+_MAC_DOMAIN = b"exitguard-halt-record-v2\n"
+
 
 @dataclass(frozen=True, slots=True)
 class HaltRecord:
-    """One audit entry: a halt (actor = what halted it) or a resume (actor = the approver)."""
+    """One audit entry: a halt (actor = what halted it; ``approvers`` = who may lift it) or a
+    resume (actor = the approver). ``os_user`` is the OS account of the process that wrote it."""
 
     halted: bool
     reason: str
     actor: str
     at: float
+    approvers: tuple[str, ...] = ()
+    os_user: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class HaltSnapshot:
+    """A read-only view of a halt: its state and its audit history (oldest first)."""
+
     halted: bool
     reason: str
     history: tuple[HaltRecord, ...]
 
 
+#: A stored record: a JSON object. Stores keep them as they are and never interpret them.
+StoredRecord = dict[str, Any]
+
+
 class HaltStore(Protocol):
-    def load(self) -> HaltSnapshot | None: ...
-    def save(self, snapshot: HaltSnapshot) -> None: ...
+    """What a halt store must provide. This is the whole protocol.
+
+    A store keeps one ordered list of records (JSON objects) and never interprets them: the
+    chain, its verification and the approver rule belong to :class:`TradingHalt`. It may be
+    shared by processes on one or several machines.
+
+    * ``read()``: the stored records, oldest first, or None if nothing was ever stored (a
+      missing file). Raises :class:`~exitguard.errors.HaltStoreError` when the store cannot be
+      read or does not hold a list of objects (the halt then fails safe: halted).
+    * ``write(records)``: replace the whole list atomically (a reader sees the old list or
+      the new, never half). Only called inside ``locked()``, with the list just read plus new
+      records. Raises ``OSError`` when it cannot write.
+    * ``locked()``: a context manager holding an exclusive lock across every process using
+      the store, so a read-then-write is never interleaved with another's.
+    * ``version()``: a cheap token (no full read) that changes whenever the stored list
+      changes; compared for equality only. Called at most once per ``poll_interval``.
+    * ``resume_args()``: the ``exitguard halt resume`` options that select this store
+      (``("--file", "/abs/path")``), printed in pages; ``()`` when the CLI cannot reach it.
+    """
+
+    def read(self) -> list[StoredRecord] | None: ...
+    def write(self, records: Sequence[StoredRecord]) -> None: ...
+    def locked(self) -> contextlib.AbstractContextManager[None]: ...
+    def version(self) -> Hashable: ...
+    def resume_args(self) -> tuple[str, ...]: ...
 
 
 class MemoryHaltStore:
-    """Keeps the halt in memory only (tests, or bots that accept losing it on restart)."""
+    """Keeps the records in memory only (tests, or bots that accept losing a halt on restart).
+
+    Shared by ``TradingHalt`` objects of one process, it behaves like a file shared by two."""
 
     def __init__(self) -> None:
-        self.snapshot: HaltSnapshot | None = None
+        self.records: list[StoredRecord] | None = None
+        self._lock = threading.RLock()
+        self._version = 0
 
-    def load(self) -> HaltSnapshot | None:
-        return self.snapshot
+    def read(self) -> list[StoredRecord] | None:
+        return None if self.records is None else [dict(r) for r in self.records]
 
-    def save(self, snapshot: HaltSnapshot) -> None:
-        self.snapshot = snapshot
+    def write(self, records: Sequence[StoredRecord]) -> None:
+        self.records = [dict(r) for r in records]
+        self._version += 1
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def version(self) -> Hashable:
+        return self._version
+
+    def resume_args(self) -> tuple[str, ...]:
+        return ()
 
 
-def _typed(data: dict[str, Any], key: str, kind: type[Any]) -> Any:
-    value = data[key]
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise TypeError(f"{key} is not a {kind.__name__}: {value!r}")
-    return value
-
-
-def _record(raw: object) -> HaltRecord:
-    if not isinstance(raw, dict):
-        raise TypeError(f"history entry is not an object: {raw!r}")
-    at = raw["at"]
-    if isinstance(at, bool) or not isinstance(at, int | float):
-        raise TypeError(f"history entry time is not a number: {at!r}")
-    return HaltRecord(
-        _typed(raw, "halted", bool), _typed(raw, "reason", str), _typed(raw, "actor", str),
-        float(at),
-    )
+#: The format tag of a halt file; a file without it is not read as a halt file of this version.
+FILE_FORMAT = "exitguard-halt/2"
 
 
 class FileHaltStore:
-    """A JSON file, written atomically. A missing file means "never halted"."""
+    """A JSON file (``{"format": ..., "records": [...]}``), written atomically (keeping the
+    previous file's owner and mode), locked with ``flock`` on ``<file>.lock``. A missing
+    file means "nothing stored"."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._thread_lock = threading.RLock()
 
-    def load(self) -> HaltSnapshot | None:
+    def read(self) -> list[StoredRecord] | None:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -100,33 +174,205 @@ class FileHaltStore:
             data: Any = json.loads(text)
             if not isinstance(data, dict):
                 raise TypeError("the document is not an object")
-            halted = _typed(data, "halted", bool)
-            reason = _typed(data, "reason", str)
-            records = _typed(data, "history", list)
-            history = tuple(_record(r) for r in records)
-            return HaltSnapshot(halted, reason, history)
+            if data.get("format") != FILE_FORMAT:
+                raise TypeError(f"not a {FILE_FORMAT} file (an older exitguard's halt file?)")
+            records = data["records"]
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise TypeError("records is not a list of objects")
+            return records
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise HaltStoreError(f"halt file {self.path} is corrupt: {exc!r}") from exc
 
-    def save(self, snapshot: HaltSnapshot) -> None:
-        payload = {
-            "halted": snapshot.halted,
-            "reason": snapshot.reason,
-            "history": [asdict(record) for record in snapshot.history],
-        }
-        atomic_write_json(self.path, payload)
+    def write(self, records: Sequence[StoredRecord]) -> None:
+        atomic_write_json(self.path, {"format": FILE_FORMAT, "records": list(records)})
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        import fcntl
+
+        with self._thread_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = f"{self.path}.lock"
+            # Read-only is enough for flock, so a lock file made by another user still works.
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
+            try:
+                _same_owner_as(fd, self.path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the lock
+
+    def version(self) -> Hashable:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return ("unreadable", exc.errno)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def resume_args(self) -> tuple[str, ...]:
+        return ("--file", os.path.abspath(self.path))
+
+
+def _same_owner_as(fd: int, path: Path) -> None:
+    """A lock file created by root (a CLI run with sudo) is given to the halt file's owner,
+    so the bot can still open it."""
+    try:
+        mine, theirs = os.fstat(fd), os.stat(path if path.exists() else path.parent)
+        if (mine.st_uid, mine.st_gid) != (theirs.st_uid, theirs.st_gid):
+            os.fchown(fd, theirs.st_uid, theirs.st_gid)
+    except OSError:
+        pass  # not ours to give away (not root): the lock works all the same
+
+
+# --- the key ----------------------------------------------------------------------------------
+
+
+def load_key(key: bytes | str | None = None,
+             key_file: str | os.PathLike[str] | None = None) -> bytes | None:
+    """The halt's HMAC key: ``key``, else the content of ``key_file``, else of the file named
+    by ``$EXITGUARD_HALT_KEY_FILE``, else ``$EXITGUARD_HALT_KEY``; None if none is set.
+
+    Surrounding whitespace (a trailing newline) is not part of the key. Errors never show it.
+    """
+    source = "key"
+    if key is None and key_file is None:
+        env_file = os.environ.get(ENV_KEY_FILE)
+        if env_file:
+            key_file, source = env_file, f"${ENV_KEY_FILE}"
+        elif os.environ.get(ENV_KEY):
+            key, source = os.environ[ENV_KEY], f"${ENV_KEY}"
+        else:
+            return None
+    if key is None and key_file is not None:
+        source = source if source != "key" else "key_file"
+        try:
+            key = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"halt {source}: cannot read the key file {str(key_file)!r}:"
+                             f" {exc.strerror or exc}") from None
+    assert key is not None
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    raw = raw.strip()
+    if len(raw) < MIN_KEY_BYTES:
+        raise ValueError(f"halt {source}: the key is shorter than {MIN_KEY_BYTES} bytes; make"
+                         " one with: python3 -c 'import secrets; print(secrets.token_hex(32))'")
+    return raw
+
+
+def os_user() -> str:
+    """The OS account running this process (from the effective uid, not from $USER, which
+    anyone can set); ``root (sudo from bob)`` when run through sudo."""
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        name = pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{name} (sudo from {sudo})" if uid == 0 and sudo else name
+
+
+# --- the chain --------------------------------------------------------------------------------
+
+
+class HaltTampered(HaltStoreError):
+    """The stored records fail verification: a MAC, a link or a sequence number is wrong."""
+
+
+def _body(record: HaltRecord, seq: int, prev: str) -> StoredRecord:
+    return {"seq": seq, "prev": prev, "halted": record.halted, "reason": record.reason,
+            "actor": record.actor, "at": record.at, "approvers": list(record.approvers),
+            "os_user": record.os_user}
+
+
+def _mac(key: bytes, body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, _MAC_DOMAIN + canonical.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def seal(key: bytes, records: Iterable[HaltRecord], *, seq: int = 0,
+         prev: str = "") -> list[StoredRecord]:
+    """``records`` as stored records, chained after the record of MAC ``prev`` (``seq`` is the
+    index of the first one in the list)."""
+    out: list[StoredRecord] = []
+    for record in records:
+        body = _body(record, seq, prev)
+        prev = _mac(key, body)
+        out.append({**body, "mac": prev})
+        seq += 1
+    return out
+
+
+def _field(raw: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
+    value = raw[name]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise TypeError(f"{name} is not a {kind.__name__}")
+    return value
+
+
+def verify(key: bytes, stored: Sequence[Mapping[str, Any]]) -> tuple[list[HaltRecord], list[str]]:
+    """The records and their MACs, after checking each record's MAC, sequence number and link
+    to the one before; :class:`HaltTampered` names the first record that fails."""
+    records: list[HaltRecord] = []
+    macs: list[str] = []
+    prev = ""
+    for index, raw in enumerate(stored):
+        try:
+            body = {k: v for k, v in raw.items() if k != "mac"}
+            mac = _field(raw, "mac", str)
+            at = raw["at"]
+            if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+                raise TypeError("at is not a finite number")
+            approvers = _field(raw, "approvers", list)
+            if not all(isinstance(a, str) for a in approvers):
+                raise TypeError("approvers is not a list of names")
+            record = HaltRecord(_field(raw, "halted", bool), _field(raw, "reason", str),
+                                _field(raw, "actor", str), float(at), tuple(approvers),
+                                _field(raw, "os_user", str))
+            seq, link = _field(raw, "seq", int), _field(raw, "prev", str)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise HaltTampered(f"record {index} is malformed ({exc})") from None
+        if not hmac.compare_digest(mac, _mac(key, body)):
+            raise HaltTampered(f"record {index} fails its MAC (edited by hand, or another key)")
+        if seq != index or link != prev or set(body) != set(_body(record, seq, link)):
+            raise HaltTampered(f"record {index} is out of its chain (records removed,"
+                               " reordered or inserted)")
+        records.append(record)
+        macs.append(mac)
+        prev = mac
+    return records, macs
 
 
 HaltListener = Callable[[HaltRecord], None]
-
 
 #: Seconds between two attempts to write a halt state whose write failed.
 _RETRY_SAVE_EVERY = 5.0
 
 
+@dataclass
+class _Changes:
+    """Listener calls collected under the lock, made after it is released."""
+
+    halts: list[HaltRecord] = field(default_factory=list)
+    resumes: list[HaltRecord] = field(default_factory=list)
+    store_failure: str | None = None
+
+
 class TradingHalt:
     """The system-wide, reduce-only halt: blocks new entries (never exits) until an approver
-    on ``approvers`` resumes it; kept in ``store`` so a restart stays halted."""
+    on the halt's stored list resumes it; kept in ``store`` so a restart stays halted.
+
+    ``approvers`` is the list written with each halt this object records. ``key`` (or
+    ``key_file``; by default the ``EXITGUARD_HALT_KEY_FILE`` / ``EXITGUARD_HALT_KEY``
+    environment variables) signs and verifies the audit chain; it is required with a
+    ``store`` (without one, the halt lives in this process only and a random key is used).
+    ``poll_interval`` (seconds, 0 = every call) bounds how stale this process's view of
+    another process's write can be; ``clock`` is the monotonic clock for it (tests pass a
+    virtual one).
+    """
 
     def __init__(
         self,
@@ -134,36 +380,58 @@ class TradingHalt:
         *,
         store: HaltStore | None = None,
         name: str = "default",
+        key: bytes | str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if isinstance(approvers, str):
+            raise TypeError("TradingHalt approvers must be a list of names, not one string")
+        if (isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float)
+                or not math.isfinite(poll_interval) or poll_interval < 0):
+            raise ValueError(f"TradingHalt poll_interval must be a finite number >= 0,"
+                             f" got {poll_interval!r}")
+        resolved = load_key(key, key_file)
+        if resolved is None:
+            if store is not None:
+                raise ValueError(
+                    f"TradingHalt key: a halt store needs an HMAC key; pass key= or key_file=,"
+                    f" or set ${ENV_KEY_FILE} (a file outside the repository) or ${ENV_KEY}")
+            resolved = secrets.token_bytes(32)  # memory only: nothing outlives the process
+        self._key = resolved
         self.name = name
         self.approvers = frozenset(a for a in approvers if a)
         self.store: HaltStore = store if store is not None else MemoryHaltStore()
-        self._lock = threading.Lock()
+        self.poll_interval = float(poll_interval)
+        self._clock = clock
+        self.os_user = os_user()
+        self._lock = threading.RLock()
         self._halt_listeners: list[HaltListener] = []
         self._resume_listeners: list[HaltListener] = []
+        self._store_failure_listeners: list[Callable[[str], None]] = []
         self.store_error: str | None = None
         #: Store reads and writes that failed (``exitguard_faults_total{component="halt_store"}``).
         self.store_failures = 0
         self._last_save_try = 0.0
-        self._unsaved = False  # the last write failed: the state lives in memory only
-        self._store_failure_listeners: list[Callable[[str], None]] = []
-        try:
-            snapshot = self.store.load()
-        except HaltStoreError as exc:
-            # Unknown state must fail safe: halted until a human resumes.
-            _log.error("%s; trading stays halted until an approved resume", exc)
-            self.store_error = str(exc)
-            self.store_failures += 1
-            record = HaltRecord(True, str(exc), "halt_store", wall_time())
-            snapshot = HaltSnapshot(True, str(exc), (record,))
-        self._halted = snapshot.halted if snapshot else False
-        self._reason = snapshot.reason if snapshot else ""
-        self._history: list[HaltRecord] = list(snapshot.history) if snapshot else []
+        self._records: list[HaltRecord] = []  # verified + this process's unsaved ones
+        self._macs: list[str] = []  # of the verified, saved records
+        self._pending: list[HaltRecord] = []  # recorded here, not written yet
+        self._trusted = True  # False: the store failed to load or verify (halted)
+        self._halted = False
+        self._reason = ""
+        self._version: Hashable = object()
+        self._next_poll = self._clock() + self.poll_interval
+        with self._lock:
+            changes = _Changes()
+            self._reload(changes)  # nobody listens yet: the changes are not announced
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], approvers: Iterable[str] = (), *,
-                  name: str = "default") -> TradingHalt:
-        return cls(approvers, store=FileHaltStore(path), name=name)
+                  name: str = "default", key: bytes | str | None = None,
+                  key_file: str | os.PathLike[str] | None = None,
+                  poll_interval: float = DEFAULT_POLL_INTERVAL) -> TradingHalt:
+        return cls(approvers, store=FileHaltStore(path), name=name, key=key,
+                   key_file=key_file, poll_interval=poll_interval)
 
     def on_halt(self, listener: HaltListener) -> None:
         self._halt_listeners.append(listener)
@@ -175,102 +443,305 @@ class TradingHalt:
         """``listener(error)`` when a write of the halt state first fails (the guard pages)."""
         self._store_failure_listeners.append(listener)
 
+    # --- reading (each look is at most poll_interval stale) ---------------------------------
+
     @property
     def is_halted(self) -> bool:
+        self.refresh()
         return self._halted
 
     @property
     def reason(self) -> str | None:
+        self.refresh()
         return self._reason if self._halted else None
 
     @property
     def history(self) -> tuple[HaltRecord, ...]:
-        return tuple(self._history)
+        self.refresh()
+        return tuple(self._records)
+
+    @property
+    def approvers_of_halt(self) -> frozenset[str]:
+        """Who may lift the current halt: the list stored with it (the configured list when
+        the halt was recorded without one, or when the store cannot be trusted)."""
+        with self._lock:
+            return self._allowed()
+
+    def snapshot(self) -> HaltSnapshot:
+        self.refresh()
+        with self._lock:
+            return HaltSnapshot(self._halted, self._reason, tuple(self._records))
 
     def check_entry(self) -> None:
         """Raise TradingHalted while halted. Call before opening a position, never before exits.
 
-        A state whose write failed is written again first (at most every few seconds): a
-        halt that lives only in memory is lost on restart."""
-        if self._unsaved:
-            self.retry_save()
+        Sees another process's resume or halt within ``poll_interval``; a state whose write
+        failed is written again first (at most every few seconds)."""
+        self.refresh()
         if self._halted:
             raise TradingHalted(self._reason)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Look at the store if the last look is ``poll_interval`` old (or ``force``): reload
+        when another process changed it, and announce what changed to the listeners."""
+        if self._pending:
+            self.retry_save()
+            return
+        now = self._clock()
+        if not force and now < self._next_poll:
+            return
+        changes = _Changes()
+        with self._lock:
+            self._next_poll = now + self.poll_interval
+            try:
+                version = self.store.version()
+            except OSError:
+                version = object()  # never equal: read, and let read() report the problem
+            if version != self._version or not self._trusted:
+                self._reload(changes)
+        self._announce(changes)
 
     def retry_save(self) -> bool:
         """Write the state again after a failed write; True once it is saved. Rate-limited to
         one try per ``_RETRY_SAVE_EVERY`` seconds (wall time) so entry checks stay cheap."""
-        if not self._unsaved:
+        if not self._pending:
             return True
-        now = wall_time()
-        if now - self._last_save_try < _RETRY_SAVE_EVERY:
+        if wall_time() - self._last_save_try < _RETRY_SAVE_EVERY:
             return False
+        changes = _Changes()
         with self._lock:
-            self._persist()
-        if not self._unsaved:
+            self._transact(lambda _view: [], changes)
+        self._announce(changes)
+        if not self._pending:
             _log.warning("halt state saved after an earlier failed write")
-        return not self._unsaved
+        return not self._pending
+
+    def resume_command(self) -> str | None:
+        """The shell command that lifts this halt, with this store's options (None when the
+        CLI cannot reach the store); NAME is one of the approvers stored with the halt."""
+        from .runbooks import resume_command
+
+        args = self.store.resume_args()
+        return resume_command(args) if args else None
+
+    # --- writing ----------------------------------------------------------------------------
 
     def halt(self, reason: str, *, actor: str = "circuit_breaker") -> bool:
         """Halt new entries; True if this call halted (False if already halted)."""
+        record = HaltRecord(True, reason, actor, wall_time(), tuple(sorted(self.approvers)),
+                            self.os_user)
+        changes = _Changes()
         with self._lock:
-            if self._halted:
-                return False
-            record = HaltRecord(True, reason, actor, wall_time())
-            self._halted, self._reason = True, reason
-            self._history.append(record)
-            self._persist()
-        with logline.hearing() as heard:  # a structured log of the halt replaces the line
-            self._notify(self._halt_listeners, record)
-        if not heard.reported:
-            _log.critical("TRADING HALTED (reduce-only: exits continue): %s", reason)
-        return True
+            written = self._transact(lambda view: [] if view.halted else [record], changes)
+        self._announce(changes)
+        return bool(written)
 
     def resume(self, approver: str, reason: str) -> HaltRecord:
-        """Resume trading; the approver must be on the list. Recorded in the audit history."""
-        with self._lock:
-            if not self.approvers:
-                raise HaltResumeError("resume refused: no approvers are configured")
-            if approver not in self.approvers:
-                raise HaltResumeError(f"resume refused: {approver!r} is not an approver")
+        """Resume trading; the approver must be on the halt's stored list. Recorded (with the
+        OS user of this process) in the audit history."""
+        record = HaltRecord(False, reason, approver, wall_time(), (), self.os_user)
+
+        def decide(view: _View) -> list[HaltRecord]:
+            if not view.allowed:
+                raise HaltResumeError(
+                    "resume refused: no approvers are stored with this halt (the bot's"
+                    " TradingHalt(approvers=...) writes them with each halt)"
+                    if view.trusted else
+                    f"resume refused: {view.error}; the halt store cannot say who may resume"
+                    " (the bot itself can, or move the file aside: a running bot then writes"
+                    " a fresh halted file)")
+            if approver not in view.allowed:
+                raise HaltResumeError(f"resume refused: {approver!r} is not an approver of"
+                                      " this halt")
             if not reason or not reason.strip():
                 raise HaltResumeError("resume refused: a reason is required")
-            if not self._halted:
+            if not view.halted:
                 raise HaltResumeError("resume refused: trading is not halted")
-            record = HaltRecord(False, reason, approver, wall_time())
-            self._halted, self._reason = False, ""
-            self._history.append(record)
-            self._persist()
-        with logline.hearing() as heard:
-            self._notify(self._resume_listeners, record)
-        if not heard.reported:
-            _log.warning("trading resumed by %s: %s", approver, reason)
+            return [record]
+
+        changes = _Changes()
+        with self._lock:
+            self._transact(decide, changes)
+        self._announce(changes)
         return record
 
-    def _persist(self) -> None:
-        self._last_save_try = wall_time()
+    # --- internals (self._lock held) ---------------------------------------------------------
+
+    def _allowed(self) -> frozenset[str]:
+        last_halt = next((r for r in reversed(self._records) if r.halted), None)
+        if self._trusted and last_halt is not None and last_halt.approvers:
+            return frozenset(last_halt.approvers)
+        return self.approvers
+
+    def _read(self) -> tuple[Hashable, list[StoredRecord], list[HaltRecord], list[str]]:
+        """(version, stored, records, macs) of the store, verified. Raises HaltStoreError."""
         try:
-            self.store.save(HaltSnapshot(self._halted, self._reason, tuple(self._history)))
-            self.store_error = None
-            self._unsaved = False
-        except OSError as exc:
-            # The in-memory state stands (a halt is never lost while the process lives);
-            # a resume that cannot be persisted comes back as a halt after a restart: safe.
-            # A halt that cannot be persisted is lost on restart: said loudly, counted
-            # (exitguard_faults_total{component="halt_store"}) and written again later.
-            first = not self._unsaved
-            self._unsaved = True
-            self.store_error = f"cannot write halt store: {exc.strerror or exc}"
+            version = self.store.version()
+        except OSError:
+            version = object()
+        stored = self.store.read() or []
+        records, macs = verify(self._key, stored)
+        return version, stored, records, macs
+
+    def _reload(self, changes: _Changes) -> None:
+        try:
+            version, _, records, macs = self._read()
+        except HaltStoreError as exc:
+            self._distrust(str(exc), changes)
+            return
+        known = self._macs
+        if self._trusted and known and macs[:len(known)] != known:
+            # Fewer records than already seen, or others in their place: a rollback (an old
+            # copy put back, the file deleted). Recorded as a halt on top of what is there.
+            self._version = version
+            what = f"{len(macs)} records found, {len(known)} already seen"
+            self._adopt(records, macs, version, changes)
+            self._record_halt(f"halt store went back in time ({what}): trading halted",
+                              changes)
+            return
+        if not records and self._halted:
+            # Emptied (a bad file moved aside) while halted: the halt is written down again,
+            # with this process's approvers, so it is lifted by an approved resume only.
+            self._version = version
+            self._record_halt(f"halt store emptied while halted ({self._reason})", changes)
+            return
+        self._adopt(records, macs, version, changes)
+
+    def _adopt(self, records: list[HaltRecord], macs: list[str], version: Hashable,
+               changes: _Changes) -> None:
+        known = len(self._macs)
+        extends = self._trusted and macs[:known] == self._macs
+        was_halted = self._halted
+        self._records, self._macs, self._version = list(records), list(macs), version
+        self._pending.clear()
+        self._trusted, self.store_error = True, None
+        last = records[-1] if records else None
+        self._halted = bool(last and last.halted)
+        self._reason = last.reason if last and last.halted else ""
+        fresh = records[known:] if extends else ([last] if last and (
+            last.halted != was_halted) else [])
+        for record in fresh:
+            (changes.halts if record.halted else changes.resumes).append(record)
+
+    def _distrust(self, error: str, changes: _Changes) -> None:
+        """The store cannot be read or trusted: halted, in memory, until an approved resume."""
+        if self._trusted or error != self.store_error:
+            _log.error("%s; trading stays halted until an approved resume", error)
             self.store_failures += 1
-            if first:
-                _log.critical("%s: the %s lives in memory only and is LOST ON RESTART until"
-                              " a write succeeds (retried at each entry check)",
-                              self.store_error, "halt" if self._halted else "resume")
-                for listener in tuple(self._store_failure_listeners):
-                    try:
-                        listener(self.store_error)
-                    except Exception:
-                        _log.exception("halt store listener raised; ignored")
+            record = HaltRecord(True, error, "halt_store", wall_time(),
+                                tuple(sorted(self.approvers)), self.os_user)
+            self._records.append(record)
+            if not self._halted or self._trusted:
+                changes.halts.append(record)
+            self._halted, self._reason = True, error
+        self._trusted, self.store_error = False, error
+        self._version = object()
+
+    def _record_halt(self, reason: str, changes: _Changes) -> None:
+        record = HaltRecord(True, reason, "halt_store", wall_time(),
+                            tuple(sorted(self.approvers)), self.os_user)
+        self._transact(lambda _view: [record], changes)
+
+    def _transact(self, decide: Callable[[_View], list[HaltRecord]],
+                  changes: _Changes) -> list[HaltRecord]:
+        """Under the store's lock: re-read and verify, ``decide`` on the fresh state what to
+        append, append it (and any unsaved records) on top of what was read, write. When the
+        store cannot be read or written, ``decide`` runs on the state in memory and the new
+        records are kept there until a write succeeds. Returns the records ``decide`` added."""
+        self._last_save_try = wall_time()
+        new: list[HaltRecord] | None = None
+        try:
+            with self.store.locked():
+                try:
+                    version, stored, records, macs = self._read()
+                    base_error = None
+                except HaltStoreError as exc:
+                    version, stored, records, macs, base_error = None, [], [], [], str(exc)
+                if base_error is None:
+                    self._adopt_base(records, macs, version, changes)
+                elif self._trusted or base_error != self.store_error:
+                    self._distrust(base_error, changes)
+                new = decide(self._view())
+                if not new and not self._pending:
+                    return []
+                todo = [*self._pending, *new]
+                if base_error is not None:
+                    # Nothing to chain to: a new chain starts with what made it necessary.
+                    todo.insert(0, HaltRecord(True, f"{base_error}; a new audit chain starts"
+                                              " here", "halt_store", wall_time(),
+                                              tuple(sorted(self.approvers)), self.os_user))
+                sealed = seal(self._key, todo, seq=len(macs), prev=macs[-1] if macs else "")
+                self.store.write([*stored, *sealed])
+                written_version = self.store.version()
+        except OSError as exc:
+            if new is None:  # the store could not even be locked or read: decide in memory
+                new = decide(self._view())
+            self._keep_unsaved(new, exc, changes)
+            return new
+        self._pending.clear()
+        self._adopt([*records, *todo], [*macs, *(r["mac"] for r in sealed)], written_version,
+                    changes)
+        # Announce only what this call decided: unsaved records were announced when they
+        # were made, and a new chain's opening note is not a new halt.
+        quiet = {id(r) for r in todo} - {id(r) for r in new}
+        changes.halts = [r for r in changes.halts if id(r) not in quiet]
+        changes.resumes = [r for r in changes.resumes if id(r) not in quiet]
+        return new
+
+    def _adopt_base(self, records: list[HaltRecord], macs: list[str], version: Hashable,
+                    changes: _Changes) -> None:
+        """Take in what another process wrote since the last look (unsaved records stay)."""
+        pending = list(self._pending)
+        if macs != self._macs or not self._trusted:
+            self._adopt(records, macs, version, changes)
+        self._pending = pending
+        self._records = [*records, *pending]
+        self._recompute()
+
+    def _recompute(self) -> None:
+        last = self._records[-1] if self._records else None
+        self._halted = bool(last and last.halted)
+        self._reason = last.reason if last and last.halted else ""
+
+    def _view(self) -> _View:
+        return _View(self._halted, self._allowed(), self._trusted, self.store_error)
+
+    def _keep_unsaved(self, new: list[HaltRecord], exc: OSError, changes: _Changes) -> None:
+        # The in-memory state stands (a halt is never lost while the process lives); a resume
+        # that cannot be written comes back as a halt after a restart: safe. A halt that
+        # cannot be written is lost on restart: said loudly, counted
+        # (exitguard_faults_total{component="halt_store"}) and written again later.
+        first = not self._pending
+        self._pending.extend(new)
+        self._records.extend(new)
+        for record in new:
+            (changes.halts if record.halted else changes.resumes).append(record)
+        self._recompute()
+        self.store_error = f"cannot write halt store: {exc.strerror or exc}"
+        self.store_failures += 1
+        if first and self._pending:
+            _log.critical("%s: the %s lives in memory only and is LOST ON RESTART until"
+                          " a write succeeds (retried at each entry check)",
+                          self.store_error, "halt" if self._halted else "resume")
+            changes.store_failure = self.store_error
+
+    def _announce(self, changes: _Changes) -> None:
+        for record in changes.halts:
+            with logline.hearing() as heard:  # a structured log of the halt replaces the line
+                self._notify(self._halt_listeners, record)
+            if not heard.reported:
+                _log.critical("TRADING HALTED (reduce-only: exits continue): %s", record.reason)
+        for record in changes.resumes:
+            with logline.hearing() as heard:
+                self._notify(self._resume_listeners, record)
+            if not heard.reported:
+                _log.warning("trading resumed by %s: %s", record.actor, record.reason)
+        if changes.store_failure is not None:
+            for listener in tuple(self._store_failure_listeners):
+                try:
+                    listener(changes.store_failure)
+                except Exception:
+                    _log.exception("halt store listener raised; ignored")
 
     @staticmethod
     def _notify(listeners: list[HaltListener], record: HaltRecord) -> None:
@@ -279,3 +750,13 @@ class TradingHalt:
                 listener(record)
             except Exception:
                 _log.exception("halt listener raised; ignored")
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The state a write decides on: fresh from the store (or from memory if unreadable)."""
+
+    halted: bool
+    allowed: frozenset[str]
+    trusted: bool
+    error: str | None

@@ -272,8 +272,9 @@ class SafeHooks:
     ) -> None:
         self.emit(BreakerTransition(guard, breaker, old, new))
 
-    def halted(self, guard: str, record: HaltRecord) -> None:
-        self.emit(Halted(guard, record))
+    def halted(self, guard: str, record: HaltRecord,
+               resume_command: str | None = None) -> None:
+        self.emit(Halted(guard, record, resume_command))
 
     def resumed(self, guard: str, record: HaltRecord) -> None:
         self.emit(Resumed(guard, record))

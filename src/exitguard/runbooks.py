@@ -8,6 +8,8 @@ cannot point at a section whose spelling drifted. Standard library only.
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 #: The published runbooks; each alert links to one ``## <AlertName>`` heading of this page.
@@ -40,3 +42,17 @@ def check_base_url(base_url: str, field: str = "runbook_base_url") -> str:
             f"{field} must not contain '#': each alert adds its own anchor, got {base_url!r}"
         )
     return base_url
+
+
+#: The approver placeholder in a printed resume command: one of the names stored with the halt.
+APPROVER_PLACEHOLDER = "NAME"
+
+
+def resume_command(store_args: Sequence[str], reason: str = "WHY") -> str:
+    """The ``exitguard halt resume`` command for the store selected by ``store_args`` (e.g.
+    ``("--file", "/var/lib/bot/halt.json")``), quoted for a POSIX shell so it runs as pasted
+    once ``NAME`` is replaced by one of the halt's approvers. Who may resume is stored with
+    the halt and the HMAC key comes from the environment, so no other option is needed."""
+    words = ["exitguard", "halt", "resume", *store_args, "--approver", APPROVER_PLACEHOLDER,
+             "--reason", reason]
+    return shlex.join(words)

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from exitguard.cli import main
-from exitguard.halt import TradingHalt
 from tests.support import REPO
 
 
@@ -54,8 +53,8 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
     (("simulate",), ("--runs", "--seed", "--json", "--plot", "no reconciliation",
                      "--serve")),
     (("halt",), ("status", "resume")),
-    (("halt", "resume"), ("--approver", "--reason", "--approvers", "--file")),
-    (("halt", "status"), ("--file", "--json")),
+    (("halt", "resume"), ("--approver", "--reason", "--file", "--key-file", "exit codes")),
+    (("halt", "status"), ("--file", "--json", "--missing-ok", "exit codes", "3  the halt file")),
     (("dashboards",), ("build|check", "--out", "--datasource-uid", "--job", "--title")),
     (("alerts",), ("build|check", "--out", "--job", "--runbook-base-url", "alertmanager.yml")),
 ])
@@ -247,101 +246,7 @@ def test_simulate_plot_without_matplotlib(capsys: pytest.CaptureFixture[str],
     assert_one_line_error(err, "matplotlib", "pip install 'exitguard[plot]'")
 
 
-# -- halt ---------------------------------------------------------------------------------------
-
-
-def test_halt_status_without_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, _ = run(capsys, "halt", "status", "--file", str(tmp_path / "halt.json"))
-    assert code == 0
-    assert "trading: allowed" in out
-    assert "never halted" in out
-
-
-def test_halt_status_needs_a_file(capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EXITGUARD_HALT_FILE", raising=False)
-    code, _, err = run(capsys, "halt", "status")
-    assert code == 2
-    assert_one_line_error(err, "--file", "EXITGUARD_HALT_FILE")
-
-
-def test_halt_status_and_an_approved_resume(capsys: pytest.CaptureFixture[str],
-                                            tmp_path: Path) -> None:
-    path = tmp_path / "halt.json"
-    TradingHalt.from_file(path, ["alice"]).halt("circuit breaker sim-dex opened")
-    code, out, _ = run(capsys, "halt", "status", "--file", str(path))
-    assert code == 0
-    assert "trading: HALTED" in out
-    assert "circuit breaker sim-dex opened" in out
-
-    code, _, err = run(capsys, "halt", "resume", "--file", str(path), "--approver", "mallory",
-                       "--reason", "let me", "--approvers", "alice,bob")
-    assert code == 1
-    assert_one_line_error(err, "'mallory' is not an approver")
-    assert TradingHalt.from_file(path).is_halted
-
-    code, out, _ = run(capsys, "halt", "resume", "--file", str(path), "--approver", "bob",
-                       "--reason", "RPC provider fixed", "--approvers", "alice,bob")
-    assert code == 0
-    assert "trading resumed by bob" in out
-    reloaded = TradingHalt.from_file(path)
-    assert not reloaded.is_halted
-    assert reloaded.history[-1].actor == "bob"
-    assert reloaded.history[-1].reason == "RPC provider fixed"
-
-    code, out, _ = run(capsys, "halt", "status", "--file", str(path), "--json")
-    data = json.loads(out)
-    assert data["halted"] is False
-    assert [r["actor"] for r in data["history"]] == ["circuit_breaker", "bob"]
-
-
-def test_halt_resume_reads_approvers_from_the_environment(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "halt.json"
-    TradingHalt.from_file(path).halt("test")
-    monkeypatch.setenv("EXITGUARD_HALT_FILE", str(path))
-    monkeypatch.setenv("EXITGUARD_HALT_APPROVERS", "carol")
-    code, _, _ = run(capsys, "halt", "resume", "--approver", "carol", "--reason", "ok")
-    assert code == 0
-    assert not TradingHalt.from_file(path).is_halted
-
-
-def test_halt_resume_refused_without_approvers_or_halt(capsys: pytest.CaptureFixture[str],
-                                                       tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EXITGUARD_HALT_APPROVERS", raising=False)
-    path = tmp_path / "halt.json"
-    TradingHalt.from_file(path).halt("test")
-    code, _, err = run(capsys, "halt", "resume", "--file", str(path), "--approver", "a",
-                       "--reason", "ok")
-    assert code == 1
-    assert_one_line_error(err, "no approvers")
-    code, _, err = run(capsys, "halt", "resume", "--file", str(tmp_path / "none.json"),
-                       "--approver", "a", "--reason", "ok", "--approvers", "a")
-    assert code == 1
-    assert_one_line_error(err, "not halted")
-
-
-def test_halt_with_a_corrupt_file_reads_as_halted(capsys: pytest.CaptureFixture[str],
-                                                  tmp_path: Path) -> None:
-    path = tmp_path / "halt.json"
-    path.write_text("{not json")
-    code, out, _ = run(capsys, "halt", "status", "--file", str(path))
-    assert code == 0
-    assert "HALTED" in out
-    assert "cannot be read" in out
-    code, _, err = run(capsys, "halt", "resume", "--file", str(path), "--approver", "a",
-                       "--reason", "ok", "--approvers", "a")
-    assert code == 1
-    assert_one_line_error(err, "corrupt")
-
-
-def test_halt_file_that_is_a_directory(capsys: pytest.CaptureFixture[str],
-                                       tmp_path: Path) -> None:
-    code, _, err = run(capsys, "halt", "status", "--file", str(tmp_path))
-    assert code == 2
-    assert_one_line_error(err, "is a directory")
+# -- halt: see test_halt_cli.py -------------------------------------------------------------
 
 
 # -- dashboards and alerts ------------------------------------------------------------------------

@@ -575,16 +575,17 @@ def test_a_halt_whose_write_failed_is_written_again_and_said_loudly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging as std_logging
+    from collections.abc import Sequence
 
-    from exitguard.halt import FileHaltStore, HaltSnapshot, TradingHalt
+    from exitguard.halt import FileHaltStore, StoredRecord, TradingHalt
 
     class FullDisk(FileHaltStore):
         full = True
 
-        def save(self, snapshot: HaltSnapshot) -> None:
+        def write(self, records: Sequence[StoredRecord]) -> None:
             if self.full:
                 raise OSError(28, "No space left on device")
-            super().save(snapshot)
+            super().write(records)
 
     from exitguard.testing import RecordingHooks
 

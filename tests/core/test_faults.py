@@ -52,7 +52,7 @@ from exitguard import (
 from exitguard.errors import HaltStoreError
 from exitguard.events import AttemptReport, AttemptResult, ExitInfo, event_name
 from exitguard.faults import FaultSource
-from exitguard.halt import FileHaltStore, HaltSnapshot
+from exitguard.halt import FileHaltStore, StoredRecord
 from exitguard.state_machine import is_valid_path
 from exitguard.testing import (
     FaultyVenue,
@@ -801,9 +801,9 @@ def test_a_corrupt_halt_file_means_halted_and_exits_still_run(
     # An approved resume writes a good file over the corrupt one.
     halt.resume("ops", "checked the halt file by hand")
     assert halt.store_error is None
-    reloaded = FileHaltStore(path).load()
-    assert reloaded is not None
-    assert not reloaded.halted
+    reloaded = TradingHalt.from_file(path)
+    assert reloaded.store_error is None  # a new, verified chain
+    assert not reloaded.is_halted
     assert [r.actor for r in reloaded.history] == ["halt_store", "ops"]
 
 
@@ -811,7 +811,7 @@ class ReadOnlyFileHaltStore(FileHaltStore):
     """The halt file on a file system mounted read-only (tests run as root, so chmod would
     not stop a write): reads work, every write fails with EROFS."""
 
-    def save(self, snapshot: HaltSnapshot) -> None:
+    def write(self, records: Sequence[StoredRecord]) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(self.path))
 
 
@@ -852,6 +852,7 @@ def test_a_halt_file_that_becomes_unwritable_never_breaks_an_exit(
     saved = path.read_bytes()
     # The directory turns into a file: every later write fails.
     path.unlink()
+    path.with_name(f"{path.name}.lock").unlink()  # the writers' lock file
     path.parent.rmdir()
     path.parent.write_text("oops")
     venue = FaultyVenue([HANG_FOREVER], price=PRICE)
@@ -863,4 +864,4 @@ def test_a_halt_file_that_becomes_unwritable_never_breaks_an_exit(
     assert len(logs.matching("cannot write halt store", logging.ERROR)) == 1
     assert saved  # the last good state was on disk before it broke
     with pytest.raises(HaltStoreError):
-        FileHaltStore(path).load()  # path's parent is a file: unreadable, hence halted
+        FileHaltStore(path).read()  # path's parent is a file: unreadable, hence halted

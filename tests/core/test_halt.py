@@ -1,19 +1,36 @@
-"""TradingHalt: reduce-only halts, approved resumes, and a store that fails safe."""
+"""TradingHalt: reduce-only halts, resumes only by the approvers stored with the halt, an
+audit chain that detects tampering, a store shared safely between processes, and a store
+that fails safe."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
+import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exitguard import FileHaltStore, TradingHalt, TradingHalted
 from exitguard.compat import TradingHaltCoordinator
 from exitguard.errors import HaltResumeError, HaltStoreError
-from exitguard.halt import HaltRecord, HaltSnapshot, MemoryHaltStore
+from exitguard.halt import (
+    ENV_KEY,
+    ENV_KEY_FILE,
+    HaltRecord,
+    MemoryHaltStore,
+    load_key,
+    os_user,
+    verify,
+)
+from exitguard.testing import FakeClock
+from tests.conftest import TEST_HALT_KEY
 
 APPROVERS = ("alice", "bob")
 
@@ -118,18 +135,30 @@ def test_listeners_are_called_and_a_raising_one_is_ignored() -> None:
     assert not halt.is_halted
 
 
-def test_memory_store_keeps_the_snapshot() -> None:
+def test_a_shared_memory_store_behaves_like_a_shared_file() -> None:
     store = MemoryHaltStore()
-    halt = TradingHalt(APPROVERS, store=store)
+    halt = TradingHalt(APPROVERS, store=store, key=TEST_HALT_KEY)
     halt.halt("breaker")
-    assert store.snapshot is not None
-    assert store.snapshot.halted
-    again = TradingHalt(APPROVERS, store=store)  # same store, new coordinator
+    assert store.records is not None
+    assert store.records[-1]["halted"] is True
+    again = TradingHalt(APPROVERS, store=store, key=TEST_HALT_KEY)  # same store, new process
     assert again.is_halted
     assert again.history == halt.history
 
 
 # -- The file store ----------------------------------------------------------------------------
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    records: list[dict[str, Any]] = data["records"]
+    return records
+
+
+def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["records"] = records
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def test_file_store_survives_a_restart_with_history(tmp_path: Path) -> None:
@@ -154,9 +183,12 @@ def test_file_store_survives_a_restart_with_history(tmp_path: Path) -> None:
         (True, "circuit_breaker", "circuit breaker opened: 3 consecutive failed exits"),
         (False, "alice", "venue recovered"),
     ]
-    data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["halted"] is False
-    assert len(data["history"]) == 2
+    records = _records(path)
+    assert [r["seq"] for r in records] == [0, 1]
+    assert records[1]["prev"] == records[0]["mac"]  # chained
+    assert records[0]["approvers"] == ["alice", "bob"]  # who may lift it, stored with it
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert all(r["os_user"].startswith(me) for r in records)  # who wrote each record
 
 
 def test_file_store_writes_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -165,8 +197,9 @@ def test_file_store_writes_atomically_and_leaves_no_temp_files(tmp_path: Path) -
     for n in range(5):
         halt.halt(f"halt {n}")
         halt.resume("alice", f"resume {n}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["halt.json"]
-    assert len(FileHaltStore(path).load().history) == 10  # type: ignore[union-attr]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["halt.json", "halt.json.lock"]
+    assert len(_records(path)) == 10
+    assert len(TradingHalt.from_file(path).history) == 10
 
 
 def test_crash_mid_write_keeps_the_old_file(
@@ -180,20 +213,19 @@ def test_crash_mid_write_keeps_the_old_file(
     def crash(_src: object, _dst: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "replace", crash)
-    store = FileHaltStore(path)
-    with pytest.raises(OSError, match="Input/output error"):
-        store.save(HaltSnapshot(False, "", ()))
-    assert path.read_bytes() == old  # the old file is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["halt.json"]  # temp file removed
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="Input/output error"):
+            FileHaltStore(path).write([])
+        assert path.read_bytes() == old  # the old file is intact
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["halt.json", "halt.json.lock"]
 
-    # Through the coordinator: the resume holds in memory, the failure is reported, and
-    # the file still says halted, so a restart comes back halted (the safe side).
-    halt.resume("alice", "fixed")
-    assert not halt.is_halted
-    assert halt.store_error is not None
-    assert "Input/output error" in halt.store_error
-    monkeypatch.undo()
+        # Through the coordinator: the resume holds in memory, the failure is reported, and
+        # the file still says halted, so a restart comes back halted (the safe side).
+        halt.resume("alice", "fixed")
+        assert not halt.is_halted
+        assert halt.store_error is not None
+        assert "Input/output error" in halt.store_error
     assert path.read_bytes() == old
     assert TradingHalt.from_file(path, APPROVERS).is_halted
 
@@ -202,24 +234,13 @@ CORRUPT_FILES: list[tuple[str, bytes]] = [
     ("garbage", b"this is not json at all"),
     ("binary", b"\xff\xfe\x00\x81garbage"),
     ("empty", b""),
-    ("truncated", b'{"halted": false, "reason": "", "history": [{"halted": tru'),
+    ("truncated", b'{"format": "exitguard-halt/2", "records": [{"halted": tru'),
     ("list", b"[]"),
     ("null", b"null"),
-    ("missing halted", b'{"reason": "", "history": []}'),
-    ("halted is a string", b'{"halted": "false", "reason": "", "history": []}'),
-    ("halted is a number", b'{"halted": 0, "reason": "", "history": []}'),
-    ("reason is a number", b'{"halted": false, "reason": 5, "history": []}'),
-    ("history is a dict", b'{"halted": false, "reason": "", "history": {"a": 1}}'),
-    ("history is a string", b'{"halted": false, "reason": "", "history": "abc"}'),
-    ("record is a list", b'{"halted": false, "reason": "", "history": [[1, 2]]}'),
-    ("record halted is a string",
-     b'{"halted": false, "reason": "", "history": '
-     b'[{"halted": "no", "reason": "r", "actor": "a", "at": 1.0}]}'),
-    ("record at is text",
-     b'{"halted": false, "reason": "", "history": '
-     b'[{"halted": true, "reason": "r", "actor": "a", "at": "noon"}]}'),
-    ("record actor missing",
-     b'{"halted": false, "reason": "", "history": [{"halted": true, "reason": "r", "at": 1}]}'),
+    ("an older exitguard's file", b'{"halted": false, "reason": "", "history": []}'),
+    ("records missing", b'{"format": "exitguard-halt/2"}'),
+    ("records is a dict", b'{"format": "exitguard-halt/2", "records": {"a": 1}}'),
+    ("record is a list", b'{"format": "exitguard-halt/2", "records": [[1, 2]]}'),
     ("deeply nested", b"[" * 100_000 + b"]" * 100_000),
 ]
 
@@ -229,7 +250,7 @@ def test_corrupt_file_means_halted(tmp_path: Path, kind: str, content: bytes) ->
     path = tmp_path / "halt.json"
     path.write_bytes(content)
     with pytest.raises(HaltStoreError, match="corrupt"):
-        FileHaltStore(path).load()
+        FileHaltStore(path).read()
 
     halt = TradingHalt.from_file(path, APPROVERS)
     assert halt.is_halted, kind  # never "trading allowed"
@@ -240,10 +261,274 @@ def test_corrupt_file_means_halted(tmp_path: Path, kind: str, content: bytes) ->
         halt.check_entry()
     assert halt.history[-1].actor == "halt_store"
 
-    # An approved resume writes a good file again.
+    # An approved resume (by the bot, which knows its approvers) writes a new chain.
     halt.resume("alice", "inspected and repaired the halt file")
     assert halt.store_error is None
-    assert not TradingHalt.from_file(path, APPROVERS).is_halted
+    again = TradingHalt.from_file(path, APPROVERS)
+    assert not again.is_halted
+    assert again.store_error is None
+    assert [(r.halted, r.actor) for r in again.history] == [(True, "halt_store"),
+                                                            (False, "alice")]
+    assert "a new audit chain starts here" in again.history[0].reason
+
+
+def _halted_file(tmp_path: Path) -> Path:
+    path = tmp_path / "halt.json"
+    halt = TradingHalt.from_file(path, APPROVERS)
+    halt.halt("first")
+    halt.resume("alice", "ok")
+    halt.halt("circuit breaker dex opened")
+    return path
+
+
+def _edit_halted_false(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    records[-1]["halted"] = False
+    return records
+
+
+TAMPERING = [
+    ("last record edited to halted: false", _edit_halted_false, "fails its MAC"),
+    ("approvers edited", lambda r: [*r[:-1], {**r[-1], "approvers": ["mallory"]}],
+     "fails its MAC"),
+    ("last halt removed, the resume kept", lambda r: [*r[:-1], r[1]], "out of its chain"),
+    ("a record removed in the middle", lambda r: [r[0], r[2]], "out of its chain"),
+    ("records reordered", lambda r: [r[1], r[0], r[2]], "out of its chain"),
+    ("a forged record appended", lambda r: [*r, {**r[1], "seq": 3, "prev": r[2]["mac"]}],
+     "fails its MAC"),
+    ("a MAC removed", lambda r: [*r[:-1], {k: v for k, v in r[-1].items() if k != "mac"}],
+     "malformed"),
+]
+
+
+@pytest.mark.parametrize(("kind", "edit", "why"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_a_tampered_file_means_halted_and_says_why(
+    tmp_path: Path, kind: str, edit: Any, why: str
+) -> None:
+    path = _halted_file(tmp_path)
+    _write_records(path, edit(_records(path)))
+    halt = TradingHalt.from_file(path, APPROVERS)
+    assert halt.is_halted, kind
+    assert halt.store_error is not None
+    assert why in halt.store_error
+    with pytest.raises(TradingHalted):
+        halt.check_entry()
+    # The CLI (no approvers of its own) cannot resume a file it cannot trust.
+    cli = TradingHalt((), store=FileHaltStore(path), key=TEST_HALT_KEY)
+    with pytest.raises(HaltResumeError, match="cannot say who may resume"):
+        cli.resume("mallory", "looks fine to me")
+
+
+def test_another_key_cannot_verify_the_file(tmp_path: Path) -> None:
+    path = _halted_file(tmp_path)
+    _write_records(path, _edit_halted_false(_records(path)))
+    other = TradingHalt.from_file(path, APPROVERS, key="another key of 16+ bytes")
+    assert other.is_halted
+    assert "another key" in (other.store_error or "")
+
+
+def test_the_key_is_required_with_a_store_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_KEY)
+    with pytest.raises(ValueError, match="TradingHalt key") as info:
+        TradingHalt.from_file(tmp_path / "halt.json", APPROVERS)
+    assert ENV_KEY_FILE in str(info.value)
+    TradingHalt(APPROVERS)  # in memory only: a random key of its own
+    with pytest.raises(ValueError, match="shorter than 16 bytes") as short:
+        load_key("s3cr3t")
+    assert "s3cr3t" not in str(short.value)
+    key_file = tmp_path / "halt.key"
+    key_file.write_text("from-a-file-0123456789\n")
+    monkeypatch.setenv(ENV_KEY_FILE, str(key_file))
+    assert load_key() == b"from-a-file-0123456789"
+    monkeypatch.setenv(ENV_KEY_FILE, str(tmp_path / "missing.key"))
+    with pytest.raises(ValueError, match="EXITGUARD_HALT_KEY_FILE: cannot read the key file"):
+        load_key()
+
+
+@pytest.mark.parametrize("poll", [-1.0, float("nan"), float("inf"), True])
+def test_poll_interval_is_validated(poll: float) -> None:
+    TradingHalt(poll_interval=0)  # 0: look at every call
+    with pytest.raises(ValueError, match="poll_interval"):
+        TradingHalt(poll_interval=poll)
+
+
+# -- approvers live with the halt ----------------------------------------------------------
+
+
+def test_the_approvers_are_those_stored_with_the_halt_not_the_resumers(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    TradingHalt.from_file(path, ["alice"]).halt("breaker")
+    # Another process (the CLI) configured with mallory cannot make mallory an approver.
+    other = TradingHalt.from_file(path, ["mallory"])
+    assert other.approvers_of_halt == {"alice"}
+    with pytest.raises(HaltResumeError, match="'mallory' is not an approver"):
+        other.resume("mallory", "let me")
+    assert TradingHalt.from_file(path).is_halted
+    record = TradingHalt.from_file(path).resume("alice", "venue fixed")
+    assert record.os_user == os_user()
+    assert not TradingHalt.from_file(path).is_halted
+
+
+def test_a_halt_stored_without_approvers_is_lifted_only_in_process(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    TradingHalt.from_file(path).halt("breaker")  # the bot configured no approvers
+    with pytest.raises(HaltResumeError, match="no approvers are stored with this halt"):
+        TradingHalt.from_file(path).resume("alice", "please")
+    TradingHalt.from_file(path, ["alice"]).resume("alice", "configured now")
+
+
+# -- other processes: bounded staleness, no lost writes ----------------------------------------
+
+
+def test_a_running_bot_sees_a_cli_resume_within_its_poll_interval(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock(100.0)
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY,
+                      poll_interval=1.0, clock=clock)
+    resumed: list[HaltRecord] = []
+    bot.on_resume(resumed.append)
+    bot.halt("breaker")
+    clock.advance(0.2)
+    cli = TradingHalt((), store=FileHaltStore(path), key=TEST_HALT_KEY)
+    cli.resume("bob", "venue fixed")
+    with pytest.raises(TradingHalted):  # within the interval: the bot may still say halted
+        bot.check_entry()
+    clock.advance(0.8)  # one poll interval after the bot's last look
+    bot.check_entry()  # seen: entries allowed
+    assert not bot.is_halted
+    assert [r.actor for r in resumed] == ["bob"]  # announced once (metrics, logs, hooks)
+    clock.advance(5)
+    bot.check_entry()
+    assert len(resumed) == 1
+
+
+def test_the_bots_next_write_never_erases_a_cli_resume(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY,
+                      poll_interval=3600.0, clock=clock)  # never polls in this test
+    bot.halt("breaker one")
+    TradingHalt.from_file(path).resume("alice", "fixed")  # the CLI
+    assert bot.halt("breaker two") is True  # re-read under the lock: not halted any more
+    history = TradingHalt.from_file(path).history
+    assert [(r.halted, r.actor) for r in history] == [
+        (True, "circuit_breaker"), (False, "alice"), (True, "circuit_breaker")]
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    rounds = 15
+
+    def writer(name: str) -> None:
+        halt = TradingHalt([name], store=FileHaltStore(path), key=TEST_HALT_KEY,
+                           poll_interval=3600.0)  # its own view goes stale at once
+        for n in range(rounds):
+            halt.halt(f"{name} {n}", actor=name)
+            # The other writer's halt: only its approver may lift it.
+            with contextlib.suppress(HaltResumeError):
+                TradingHalt.from_file(path).resume(name, f"{name} {n}")
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    stored = _records(path)
+    records, _ = verify(TEST_HALT_KEY.encode(), stored)  # one unbroken chain
+    assert [r["seq"] for r in stored] == list(range(len(stored)))
+    halts = [r for r in records if r.halted]
+    assert len(halts) >= rounds  # every halt that found trading allowed was kept
+
+
+def test_a_rollback_while_running_is_recorded_as_a_halt(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY, clock=clock)
+    bot.halt("breaker")
+    bot.resume("alice", "fixed")
+    before = path.read_bytes()
+    bot.halt("breaker again")
+    path.write_bytes(before)  # an old (valid) copy put back: the last halt vanishes
+    halts: list[HaltRecord] = []
+    bot.on_halt(halts.append)
+    clock.advance(1.0)
+    with pytest.raises(TradingHalted, match="went back in time"):
+        bot.check_entry()
+    assert halts
+    assert "went back in time" in halts[0].reason
+    # Written down on top of what is there, with the approvers: the CLI can lift it.
+    reread = TradingHalt.from_file(path)
+    assert reread.is_halted
+    assert reread.approvers_of_halt == {"alice", "bob"}
+    assert "went back in time" in (reread.reason or "")
+
+
+def test_a_halt_file_deleted_while_halted_is_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY, clock=clock)
+    bot.halt("breaker")
+    path.unlink()
+    clock.advance(1.0)
+    assert bot.is_halted
+    assert path.exists()
+    again = TradingHalt.from_file(path)
+    assert again.is_halted
+    assert again.store_error is None
+
+
+def test_tampering_while_running_halts_and_is_announced(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY, clock=clock)
+    bot.halt("breaker")
+    bot.resume("alice", "fixed")
+    halts: list[HaltRecord] = []
+    bot.on_halt(halts.append)
+    bot.check_entry()
+    records = _records(path)
+    records[0]["reason"] = "something else"
+    _write_records(path, records)
+    clock.advance(1.0)
+    with pytest.raises(TradingHalted, match="fails its MAC"):
+        bot.check_entry()
+    assert len(halts) == 1
+    assert halts[0].actor == "halt_store"
+
+
+# -- owner and mode survive a rewrite ----------------------------------------------------------
+
+
+def test_a_rewrite_keeps_the_files_mode_and_owner(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    TradingHalt.from_file(path, APPROVERS).halt("breaker")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # a new file: private
+    path.chmod(0o640)  # the operator lets the bot's group read it
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        os.chown(f"{path}.lock", nobody.pw_uid, nobody.pw_gid)
+    TradingHalt.from_file(path).resume("alice", "fixed")  # e.g. the CLI, run as root
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert not TradingHalt.from_file(path).is_halted
+    if os.geteuid() == 0:
+        assert (path.stat().st_uid, path.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_a_lock_file_made_by_root_goes_to_the_halt_files_owner(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    TradingHalt.from_file(path, APPROVERS).halt("breaker")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    Path(f"{path}.lock").unlink()
+    TradingHalt.from_file(path).resume("alice", "fixed")
+    lock = Path(f"{path}.lock").stat()
+    assert (lock.st_uid, lock.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+
+
+# -- unreadable and unwritable stores ----------------------------------------------------------
 
 
 def test_unreadable_path_means_halted(tmp_path: Path) -> None:
@@ -285,21 +570,6 @@ def test_unwritable_directory_keeps_the_halt_in_memory(
     assert not path.exists()
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permission bits"
-)
-def test_read_only_directory_keeps_the_halt_in_memory(tmp_path: Path) -> None:
-    directory = tmp_path / "ro"
-    directory.mkdir()
-    directory.chmod(0o555)
-    try:
-        halt = TradingHalt.from_file(directory / "halt.json", APPROVERS)
-        assert not halt.is_halted
-        _assert_halt_holds_in_memory(halt)
-    finally:
-        directory.chmod(0o755)
-
-
 def test_path_under_a_regular_file_is_halted_and_unwritable(tmp_path: Path) -> None:
     # A regular file where the directory should be: neither readable nor writable, for
     # any user. Unknown state fails safe (halted), and a further halt still holds.
@@ -329,6 +599,33 @@ def test_a_healthy_write_clears_a_previous_store_error(
         halt.halt("breaker")
         assert halt.store_error is not None
         assert not path.exists()
+    halt._last_save_try = 0.0  # the retry is rate-limited in wall time; no sleeping here
     halt.resume("bob", "disk cleaned")
     assert halt.store_error is None
     assert path.exists()
+    assert [(r.halted, r.actor) for r in TradingHalt.from_file(path).history] == [
+        (True, "circuit_breaker"), (False, "bob")]
+
+
+def test_a_bad_file_moved_aside_while_running_is_replaced_by_a_halted_one(
+    tmp_path: Path,
+) -> None:
+    # The runbook's recovery: the bot starts on a tampered file (halted, in memory), the
+    # operator moves the file aside, the bot writes a fresh verified halt the CLI can lift.
+    path = _halted_file(tmp_path)
+    _write_records(path, _edit_halted_false(_records(path)))
+    clock = FakeClock()
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY, clock=clock)
+    assert bot.is_halted
+    assert bot.store_error is not None
+    path.rename(tmp_path / "halt.json.bad")
+    clock.advance(1.0)
+    with pytest.raises(TradingHalted, match="emptied while halted"):
+        bot.check_entry()
+    assert bot.store_error is None
+    cli = TradingHalt((), store=FileHaltStore(path), key=TEST_HALT_KEY)
+    assert cli.is_halted
+    assert cli.approvers_of_halt == {"alice", "bob"}
+    cli.resume("bob", "file checked, moved aside")
+    clock.advance(1.0)
+    bot.check_entry()

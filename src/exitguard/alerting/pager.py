@@ -45,6 +45,7 @@ from exitguard._validate import non_negative, positive
 from exitguard.events import BreakerTransition, ExitInfo, Halted, HaltNotSaved, HookEvent
 from exitguard.redaction import RedactingFilter, get_logger, redact
 from exitguard.runbooks import RUNBOOK_BASE_URL, check_base_url, runbook_url
+from exitguard.runbooks import resume_command as resume_command_text
 
 if TYPE_CHECKING:
     from exitguard.breaker import BreakerState
@@ -450,7 +451,7 @@ class Pager:
         elif isinstance(event, BreakerTransition):
             self.breaker_transition(event.guard, event.breaker, event.old, event.new)
         elif isinstance(event, Halted):
-            self.halted(event.guard, event.record)
+            self.halted(event.guard, event.record, event.resume_command)
         elif isinstance(event, HaltNotSaved):
             self.halt_not_saved(event.guard, event.error)
 
@@ -493,10 +494,14 @@ class Pager:
             )
         )
 
-    def halted(self, guard: str, record: HaltRecord) -> None:
+    def halted(self, guard: str, record: HaltRecord, resume_command: str | None = None) -> None:
         if not self.enabled:
             return
         reason = redact(record.reason)  # may quote a venue's error text
+        # The command as pasted needs only NAME filled in: the halt file's path is in it, the
+        # approvers are stored with the halt and the key comes from the environment.
+        command = resume_command or resume_command_text(())
+        who = f" (NAME: one of {', '.join(record.approvers)})" if record.approvers else ""
         self._event(
             _Event(
                 guard=guard,
@@ -504,7 +509,7 @@ class Pager:
                 title=f"exitguard CRITICAL: trading halted (guard {guard})",
                 headline=(
                     f"Guard {guard!r} halted new entries: {reason}. Exits still run;"
-                    " resume with `exitguard halt resume --approver NAME --reason ...`."
+                    f" resume with `{command}`{who}."
                 ),
                 details=(
                     ("guard", guard),

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import sys
 import tempfile
@@ -279,7 +280,9 @@ def build_demo(options: ServeOptions, *, halt_dir: Path,
                        rng=random.Random(rng.getrandbits(64)), ledger=ledger)
     fallback = SimVenue(VenueSpec(name="sim-dex-backup", base=_NORMAL),
                         rng=random.Random(rng.getrandbits(64)), ledger=ledger)
-    halt = TradingHalt((OPERATOR,), store=FileHaltStore(halt_dir / "halt.json"), name="demo")
+    # The demo's halt file lives in a temporary directory: a key of its own is enough.
+    halt = TradingHalt((OPERATOR,), store=FileHaltStore(halt_dir / "halt.json"), name="demo",
+                       key=secrets.token_bytes(32))
     guard = build_guard("guarded", primary, fallback, name="demo", halt=halt, hooks=hooks,
                         breaker_threshold=3, breaker_cooldown=15.0)
     return DemoBot(options, guard, primary, fallback, halt, rng)
