@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from . import logline
 from .clock import wall_time
-from .errors import HaltResumeError, HaltStoreError, TradingHalted
+from .errors import HaltResumeError, HaltStoreError, HaltStoreUnavailable, TradingHalted
 from .filestore import atomic_write_json
 from .redaction import get_logger
 
@@ -417,6 +417,7 @@ class TradingHalt:
         self._macs: list[str] = []  # of the verified, saved records
         self._pending: list[HaltRecord] = []  # recorded here, not written yet
         self._trusted = True  # False: the store failed to load or verify (halted)
+        self._unavailable = False  # the distrust is a network store out of reach
         self._halted = False
         self._reason = ""
         self._version: Hashable = object()
@@ -587,6 +588,7 @@ class TradingHalt:
         try:
             version, _, records, macs = self._read()
         except HaltStoreError as exc:
+            self._unavailable = isinstance(exc, HaltStoreUnavailable)
             self._distrust(str(exc), changes)
             return
         known = self._macs
@@ -599,9 +601,10 @@ class TradingHalt:
             self._record_halt(f"halt store went back in time ({what}): trading halted",
                               changes)
             return
-        if not records and self._halted:
+        if not records and self._halted and not (self._unavailable and not self._macs):
             # Emptied (a bad file moved aside) while halted: the halt is written down again,
             # with this process's approvers, so it is lifted by an approved resume only.
+            # (Not a network store found empty after an outage, as this process last saw it.)
             self._version = version
             self._record_halt(f"halt store emptied while halted ({self._reason})", changes)
             return

@@ -5,11 +5,13 @@ alone: the core's file and memory stores stay as they are.
 
 - :class:`RedisBreakerBackend`: ``CircuitBreaker(name="binance", shared=backend)`` in every
   process: one failure window, one state and one half-open probe for the fleet.
+- :class:`RedisHaltStore`, :func:`shared_halt`: one ``TradingHalt`` for the fleet (the
+  approvers and the HMAC-chained audit history in Redis), pushed to every process.
 """
 
 from __future__ import annotations
 
 from .redis_breaker import RedisBreakerBackend
-from .redis_halt import RedisHaltStore
+from .redis_halt import RedisHaltStore, shared_halt
 
-__all__ = ["RedisBreakerBackend", "RedisHaltStore"]
+__all__ = ["RedisBreakerBackend", "RedisHaltStore", "shared_halt"]

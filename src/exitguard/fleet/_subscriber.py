@@ -52,6 +52,7 @@ class Subscriber:
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self.connected.clear()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -85,3 +86,4 @@ class Subscriber:
                     pubsub.close()
             self._stop.wait(pause)
             pause = min(self._retry_max, pause * 2)
+        self.connected.clear()  # closed: nothing is pushed any more

@@ -33,22 +33,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
 from redis.exceptions import LockError
 
-from ..errors import ConfigError, HaltStoreError
+from ..errors import ConfigError, HaltStoreError, HaltStoreUnavailable
+from ..halt import TradingHalt
 from ..redaction import get_logger
 from ._redis import STORE_ERRORS, check_namespace, check_timeout, connect, describe
 from ._subscriber import Subscriber
 
 _log = get_logger("exitguard.fleet")
 
-__all__ = ["RedisHaltStore"]
+__all__ = ["RedisHaltStore", "shared_halt"]
 
 #: A stored record (``exitguard.halt.StoredRecord``): a JSON object the store never interprets.
 Record = dict[str, Any]
@@ -224,7 +226,19 @@ class RedisHaltStore:
         try:
             self._fail_fast()
         except OSError as exc:
-            raise HaltStoreError(str(exc)) from None
+            raise HaltStoreUnavailable(str(exc)) from None
+        records, version, stored = self._fetch()
+        if self._lost(records):
+            records, version = self._restore()
+            stored = stored or bool(records)
+        with self._mutex:
+            if self._held:
+                self._read_version = version
+        self._known = list(records)
+        return records if stored else None
+
+    def _fetch(self) -> tuple[list[Record], str, bool]:
+        """(records, version, anything stored) as Redis has them now."""
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.lrange(self._records_key, 0, -1)
@@ -235,17 +249,14 @@ class RedisHaltStore:
             raise HaltStoreError(f"halt store {self.where} is corrupt ({describe(exc)})"
                                  ) from None
         except STORE_ERRORS as exc:
-            raise HaltStoreError(self._failed(exc)) from None
+            raise HaltStoreUnavailable(self._failed(exc)) from None
         self._answered()
-        records = self._decode(raw)
-        version = version if isinstance(version, str) else ""
-        if len(records) < len(self._known) and records == self._known[: len(records)]:
-            records, version = self._restore(records, version)
-        with self._mutex:
-            if self._held:
-                self._read_version = version
-        self._known = list(records)
-        return records if raw or records else None
+        return self._decode(raw), version if isinstance(version, str) else "", bool(raw)
+
+    def _lost(self, records: list[Record]) -> bool:
+        """Fewer records than this process saw, and the same ones: Redis lost the rest."""
+        known = self._known
+        return len(records) < len(known) and records == known[: len(records)]
 
     def _decode(self, raw: Any) -> list[Record]:
         if not isinstance(raw, list):
@@ -263,22 +274,24 @@ class RedisHaltStore:
             records.append(record)
         return records
 
-    def _restore(self, found: list[Record], version: str) -> tuple[list[Record], str]:
-        """Redis holds fewer records than this process saw, the same ones: it lost the rest
-        (a restart without persistence). Write the longer chain back, under the lock, only if
-        nobody wrote meanwhile."""
+    def _restore(self) -> tuple[list[Record], str]:
+        """Redis lost records this process saw (a restart without persistence): under the
+        lock, read again (another process may have written them back already, or written
+        more) and write this process's copy back only if Redis still lacks them."""
         known = list(self._known)
         try:
             with self.locked():
+                records, version, _ = self._fetch()
+                if not self._lost(records):
+                    return records, version
                 self._cas(version, known)
         except OSError as exc:
-            _log.warning("halt store %s lost %d record(s) and they could not be written back"
-                         " (%s)", self.where, len(known) - len(found), exc)
-            return found, version
+            raise HaltStoreError(f"halt store {self.where} lost records and they could not"
+                                 f" be written back ({exc})") from None
         self.restores += 1
         _log.warning("halt store %s had lost %d of %d record(s) (Redis restarted without"
                      " persistence?); written back from this process's copy", self.where,
-                     len(known) - len(found), len(known))
+                     len(known) - len(records), len(known))
         return known, _token(known)
 
     def write(self, records: Sequence[Record]) -> None:
@@ -290,6 +303,7 @@ class RedisHaltStore:
         self._fail_fast()
         token = _token(records)
         payload = [json.dumps(r, separators=(",", ":")) for r in records]
+        pushes = self._pushes
         try:
             self._write(keys=[self._records_key, self._version_key],
                         args=[expected, token, self.channel, *payload])
@@ -300,6 +314,9 @@ class RedisHaltStore:
         self._answered()
         with self._mutex:
             self._read_version = token
+        with self._push_lock:
+            if pushes == self._pushes and self._pushed is not None:
+                self._pushed = token  # what our own push will say; nothing newer came
         self._known = [dict(r) for r in records]
 
     @contextlib.contextmanager
@@ -364,3 +381,27 @@ class RedisHaltStore:
 
     def __repr__(self) -> str:
         return f"RedisHaltStore({self.where!r})"
+
+
+def shared_halt(
+    url: str | None = None,
+    approvers: Iterable[str] = (),
+    *,
+    client: redis.Redis | None = None,
+    name: str = "default",
+    namespace: str = "exitguard",
+    key: bytes | str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    timeout: float = 0.25,
+) -> TradingHalt:
+    """A ``TradingHalt`` on a :class:`RedisHaltStore`, refreshed by every push: a halt or a
+    resume anywhere in the fleet reaches this process's listeners (metrics, pages) as soon
+    as Redis publishes it, and ``check_entry`` costs no round trip (it reads the version the
+    last push left; ``poll_interval=0``). ``key``/``key_file`` as for ``TradingHalt`` (the
+    HMAC key every process of the fleet shares; by default from the environment)."""
+    store = RedisHaltStore(url, client=client, name=name, namespace=namespace,
+                           timeout=timeout)
+    halt = TradingHalt(approvers, store=store, name=name, key=key, key_file=key_file,
+                       poll_interval=0.0)
+    store.watch(lambda: halt.refresh(force=True))
+    return halt
