@@ -160,3 +160,21 @@ def test_invalid_settings_fail_at_construction_naming_the_field(
     with pytest.raises(ConfigError) as caught:
         RedisHaltStore(**settings)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+def test_a_change_whose_push_never_came_is_seen_within_max_staleness(
+    redis_server: RedisServer,
+) -> None:
+    """A subscription that died without a reset (a partition) hears nothing: the pushed
+    version is trusted for ``max_staleness`` only, then Redis is asked."""
+    store = RedisHaltStore(redis_server.url, namespace="t", max_staleness=2.0)
+    try:
+        assert store.subscribed is not None
+        assert store.subscribed.wait(10)
+        before = store.version()
+        # A write that publishes nothing: what a process sees when the push is lost.
+        redis.Redis.from_url(redis_server.url).set("t:halt:{default}:version", "1:zz")
+        assert store.version() == before  # the push is trusted...
+        wait_until(lambda: store.version() == "1:zz", 10, 0.05, "the change, by a read")
+    finally:
+        store.close()

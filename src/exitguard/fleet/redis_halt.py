@@ -90,7 +90,8 @@ class RedisHaltStore:
     ``redis.Redis`` made with ``decode_responses=True``); ``name`` names the halt (processes
     sharing it use the same name and namespace). ``timeout`` bounds each call; ``lock_timeout``
     is how long a writer may hold the lock (its expiry), ``lock_wait`` how long a writer waits
-    for it; ``retry_every`` how often Redis is tried again while it is down. ``push=False``
+    for it; ``retry_every`` how often Redis is tried again while it is down; ``max_staleness``
+    how old the pushed version may get before a look asks Redis (one GET). ``push=False``
     skips the subscription (the halt then polls, every ``poll_interval`` of its own).
 
     Pass it to ``TradingHalt(store=...)``, or use :func:`exitguard.fleet.shared_halt`, which
@@ -108,6 +109,7 @@ class RedisHaltStore:
         lock_timeout: float = 10.0,
         lock_wait: float = 5.0,
         retry_every: float = 0.5,
+        max_staleness: float = 1.0,
         push: bool = True,
     ) -> None:
         owner = "RedisHaltStore"
@@ -117,7 +119,7 @@ class RedisHaltStore:
         self.name = name
         self.timeout = check_timeout(owner, timeout)
         for field, value in (("lock_timeout", lock_timeout), ("lock_wait", lock_wait),
-                             ("retry_every", retry_every)):
+                             ("retry_every", retry_every), ("max_staleness", max_staleness)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                 0 < value <= 3600
             ):
@@ -125,6 +127,7 @@ class RedisHaltStore:
         self.lock_timeout = float(lock_timeout)
         self.lock_wait = float(lock_wait)
         self.retry_every = float(retry_every)
+        self.max_staleness = float(max_staleness)
         if client is None:
             if url is None:
                 raise ConfigError(owner, "url", "is required without a client", url)
@@ -150,6 +153,7 @@ class RedisHaltStore:
         self._pushed: str | None = None  # the version the last push said (None: unknown)
         self._pushes = 0  # counts pushes and losses: a slower read never overwrites a push
         self._push_lock = threading.Lock()
+        self._confirmed_at = 0.0  # when Redis (a push or a read) last said the version
         self._watchers: list[Callable[[], None]] = []
         self._subscriber: Subscriber | None = None
         if push:
@@ -188,6 +192,7 @@ class RedisHaltStore:
         with self._push_lock:
             self._pushes += 1
             self._pushed = version
+            self._confirmed_at = time.monotonic()
 
     def _changed(self) -> None:
         for callback in tuple(self._watchers):
@@ -350,11 +355,13 @@ class RedisHaltStore:
 
     def version(self) -> Hashable:
         """The version the last push said, without a round trip; asked of Redis when no push
-        is known (subscription down or just back, or ``push=False``)."""
+        is known (subscription down or just back, or ``push=False``), and at least every
+        ``max_staleness`` seconds: a subscription that died silently (a partition that sent
+        no reset) delays a halt by that much at most."""
         pushed = self._pushed
         if pushed is not None and self._subscriber is not None and (
             self._subscriber.connected.is_set()
-        ):
+        ) and time.monotonic() - self._confirmed_at < self.max_staleness:
             return pushed
         self._fail_fast()
         pushes = self._pushes
@@ -369,6 +376,7 @@ class RedisHaltStore:
                 self._subscriber.connected.is_set()
             ):
                 self._pushed = version  # nothing pushed meanwhile: good until the next push
+                self._confirmed_at = time.monotonic()
         return version
 
     def resume_args(self) -> tuple[str, ...]:
