@@ -14,6 +14,11 @@ The loop, top to bottom (``ExitRun._run``):
 Counting: a sent order that fails or may have landed spends one of ``max_attempts``; a
 definite "not sent" (``OrderNotSent``) spends none (bounded by the deadline and backoff);
 partial fills are bounded by ``max_partial_fills`` and escalate the ladder.
+
+Why one module of about 650 lines: it is one state machine (the loop, one attempt, its
+send / broadcast / confirm, and the reconciliation that settles each attempt); split, each
+part would reach into the others' run state. Bookkeeping lives elsewhere: ``ledger.py``
+(fills, outcome), ``book.py`` (what may still land), ``calls.py`` (bounded venue calls).
 """
 
 from __future__ import annotations
@@ -555,11 +560,8 @@ class ExitRun:
             if lookup.status is TxStatus.PENDING:
                 continue
             calls.abandon(task, "confirm")
-            if lookup.status is TxStatus.LANDED and lookup.fill is not None:
-                self._filled(pending, lookup.fill, attempt, started)
-            else:
-                self._did_not_land(pending, attempt, started, pending.cause,
-                                   f"{tx_id} {lookup.status}")
+            self._settle(pending, lookup, attempt, started, pending.cause,
+                         f"{tx_id} {lookup.status}")
             return
         try:
             raw = calls.result(task, "confirm") if isinstance(task, asyncio.Future) else task
@@ -571,18 +573,25 @@ class ExitRun:
                 # resent: a venue whose confirm and chain disagree sells twice otherwise.
                 left = self.deadline.expires_at - self.loop.time()
                 check = await book.lookup(entry, pending, min(self.attempt_limit, left))
-                if check is not None and check.status is TxStatus.LANDED and check.fill:
-                    self._filled(pending, check.fill, attempt, started)
-                elif check is not None and check.status is TxStatus.PENDING:
+                if check is not None and check.status is TxStatus.PENDING:
                     self._unknown(pending, attempt, started, ErrorClass.RPC_TIMEOUT, exc,
                                   f"{error_class}, but the venue's look-up says pending")
-                else:
-                    self._did_not_land(pending, attempt, started, error_class, exc)
+                else:  # no answer: the venue's own word stands
+                    self._settle(pending, check, attempt, started, error_class, exc)
                 return
             # Outcome unknown: it may still land. Reconcile before sending anything else.
             self._unknown(pending, attempt, started, error_class, exc, str(error_class))
             return
         self._filled(pending, fill, attempt, started)
+
+    def _settle(self, pending: Pending, lookup: Lookup | None, attempt: AttemptInfo,
+                started: float, error_class: ErrorClass, error: BaseException | str) -> None:
+        """End the attempt on a look-up that is not PENDING: filled if it landed with a
+        fill, otherwise (or with no answer) did not land, for ``error_class``."""
+        if lookup is not None and lookup.status is TxStatus.LANDED and lookup.fill is not None:
+            self._filled(pending, lookup.fill, attempt, started)
+        else:
+            self._did_not_land(pending, attempt, started, error_class, error)
 
     def _filled(self, pending: Pending, fill: Fill, attempt: AttemptInfo,
                 started: float) -> None:

@@ -22,58 +22,50 @@ mtime) when the last look is older than that, and reload only when it changed. E
 takes the store's exclusive lock, re-reads and verifies the chain, and appends on top of
 what it found, so the bot's next write never erases a resume written by the CLI.
 
-What a store must provide is :class:`HaltStore` (below, and nothing else): the HMAC chain,
-the approver rule and the poll live here, over records, so a store only keeps JSON objects.
+What a store must provide is :class:`~exitguard.halt_store.HaltStore` (in ``halt_store.py``,
+and nothing else); the chain (records, key, seal, verify) is in ``halt_chain.py``. The
+approver rule, rollback detection and the poll live here, over records, so a store only keeps
+JSON objects. Every name of those two modules a user needs is importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import json
 import math
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
 
 from . import logline
 from .clock import wall_time
 from .errors import HaltResumeError, HaltStoreError, HaltStoreUnavailable, TradingHalted
-from .filestore import atomic_write_json
+from .halt_chain import (
+    ENV_KEY,
+    ENV_KEY_FILE,
+    MIN_KEY_BYTES,
+    HaltRecord,
+    HaltTampered,
+    StoredRecord,
+    load_key,
+    os_user,
+    seal,
+    verify,
+)
+from .halt_store import FILE_FORMAT, FileHaltStore, HaltStore, MemoryHaltStore
 from .redaction import get_logger
+
+__all__ = [
+    "DEFAULT_POLL_INTERVAL", "ENV_KEY", "ENV_KEY_FILE", "FILE_FORMAT", "MIN_KEY_BYTES",
+    "FileHaltStore", "HaltRecord", "HaltSnapshot", "HaltStore", "HaltTampered",
+    "MemoryHaltStore", "StoredRecord", "TradingHalt", "load_key", "os_user", "seal", "verify",
+]
 
 _log = get_logger("exitguard.halt")
 
-#: The environment variable naming a file that holds the halt's HMAC key (preferred).
-ENV_KEY_FILE = "EXITGUARD_HALT_KEY_FILE"
-#: The environment variable holding the halt's HMAC key itself.
-ENV_KEY = "EXITGUARD_HALT_KEY"
-#: A key shorter than this many bytes is refused (32 random bytes, hex-encoded, recommended).
-MIN_KEY_BYTES = 16
 #: Default seconds between two looks at the store for another process's write.
 DEFAULT_POLL_INTERVAL = 1.0
-
-#: What the MAC covers besides the record, so a MAC of another exitguard format never fits.
-_MAC_DOMAIN = b"exitguard-halt-record-v2\n"
-
-
-@dataclass(frozen=True, slots=True)
-class HaltRecord:
-    """One audit entry: a halt (actor = what halted it; ``approvers`` = who may lift it) or a
-    resume (actor = the approver). ``os_user`` is the OS account of the process that wrote it."""
-
-    halted: bool
-    reason: str
-    actor: str
-    at: float
-    approvers: tuple[str, ...] = ()
-    os_user: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,267 +75,6 @@ class HaltSnapshot:
     halted: bool
     reason: str
     history: tuple[HaltRecord, ...]
-
-
-#: A stored record: a JSON object. Stores keep them as they are and never interpret them.
-StoredRecord = dict[str, Any]
-
-
-class HaltStore(Protocol):
-    """What a halt store must provide. This is the whole protocol.
-
-    A store keeps one ordered list of records (JSON objects) and never interprets them: the
-    chain, its verification and the approver rule belong to :class:`TradingHalt`. It may be
-    shared by processes on one or several machines.
-
-    * ``read()``: the stored records, oldest first, or None if nothing was ever stored (a
-      missing file). Raises :class:`~exitguard.errors.HaltStoreError` when the store cannot be
-      read or does not hold a list of objects (the halt then fails safe: halted).
-    * ``write(records)``: replace the whole list atomically (a reader sees the old list or
-      the new, never half). Only called inside ``locked()``, with the list just read plus new
-      records. Raises ``OSError`` when it cannot write.
-    * ``locked()``: a context manager holding an exclusive lock across every process using
-      the store, so a read-then-write is never interleaved with another's.
-    * ``version()``: a cheap token (no full read) that changes whenever the stored list
-      changes; compared for equality only. Called at most once per ``poll_interval``.
-    * ``resume_args()``: the ``exitguard halt resume`` options that select this store
-      (``("--file", "/abs/path")``), printed in pages; ``()`` when the CLI cannot reach it.
-    """
-
-    def read(self) -> list[StoredRecord] | None: ...
-    def write(self, records: Sequence[StoredRecord]) -> None: ...
-    def locked(self) -> contextlib.AbstractContextManager[None]: ...
-    def version(self) -> Hashable: ...
-    def resume_args(self) -> tuple[str, ...]: ...
-
-
-class MemoryHaltStore:
-    """Keeps the records in memory only (tests, or bots that accept losing a halt on restart).
-
-    Shared by ``TradingHalt`` objects of one process, it behaves like a file shared by two."""
-
-    def __init__(self) -> None:
-        self.records: list[StoredRecord] | None = None
-        self._lock = threading.RLock()
-        self._version = 0
-
-    def read(self) -> list[StoredRecord] | None:
-        return None if self.records is None else [dict(r) for r in self.records]
-
-    def write(self, records: Sequence[StoredRecord]) -> None:
-        self.records = [dict(r) for r in records]
-        self._version += 1
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with self._lock:
-            yield
-
-    def version(self) -> Hashable:
-        return self._version
-
-    def resume_args(self) -> tuple[str, ...]:
-        return ()
-
-
-#: The format tag of a halt file; a file without it is not read as a halt file of this version.
-FILE_FORMAT = "exitguard-halt/2"
-
-
-class FileHaltStore:
-    """A JSON file (``{"format": ..., "records": [...]}``), written atomically (keeping the
-    previous file's owner and mode), locked with ``flock`` on ``<file>.lock``. A missing
-    file means "nothing stored"."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._thread_lock = threading.RLock()
-
-    def read(self) -> list[StoredRecord] | None:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except UnicodeDecodeError as exc:  # garbage bytes: corrupt, not "never halted"
-            raise HaltStoreError(f"halt file {self.path} is corrupt: {exc}") from exc
-        except OSError as exc:
-            raise HaltStoreError(
-                f"cannot read halt file {self.path}: {exc.strerror or exc}"
-            ) from exc
-        try:
-            data: Any = json.loads(text)
-            if not isinstance(data, dict):
-                raise TypeError("the document is not an object")
-            if data.get("format") != FILE_FORMAT:
-                raise TypeError(f"not a {FILE_FORMAT} file (an older exitguard's halt file?)")
-            records = data["records"]
-            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                raise TypeError("records is not a list of objects")
-            return records
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise HaltStoreError(f"halt file {self.path} is corrupt: {exc!r}") from exc
-
-    def write(self, records: Sequence[StoredRecord]) -> None:
-        atomic_write_json(self.path, {"format": FILE_FORMAT, "records": list(records)})
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        import fcntl
-
-        with self._thread_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock_path = f"{self.path}.lock"
-            # Read-only is enough for flock, so a lock file made by another user still works.
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
-            try:
-                _same_owner_as(fd, self.path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing releases the lock
-
-    def version(self) -> Hashable:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return ("unreadable", exc.errno)
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def resume_args(self) -> tuple[str, ...]:
-        return ("--file", os.path.abspath(self.path))
-
-
-def _same_owner_as(fd: int, path: Path) -> None:
-    """A lock file created by root (a CLI run with sudo) is given to the halt file's owner,
-    so the bot can still open it."""
-    try:
-        mine, theirs = os.fstat(fd), os.stat(path if path.exists() else path.parent)
-        if (mine.st_uid, mine.st_gid) != (theirs.st_uid, theirs.st_gid):
-            os.fchown(fd, theirs.st_uid, theirs.st_gid)
-    except OSError:
-        pass  # not ours to give away (not root): the lock works all the same
-
-
-# --- the key ----------------------------------------------------------------------------------
-
-
-def load_key(key: bytes | str | None = None,
-             key_file: str | os.PathLike[str] | None = None) -> bytes | None:
-    """The halt's HMAC key: ``key``, else the content of ``key_file``, else of the file named
-    by ``$EXITGUARD_HALT_KEY_FILE``, else ``$EXITGUARD_HALT_KEY``; None if none is set.
-
-    Surrounding whitespace (a trailing newline) is not part of the key. Errors never show it.
-    """
-    source = "key"
-    if key is None and key_file is None:
-        env_file = os.environ.get(ENV_KEY_FILE)
-        if env_file:
-            key_file, source = env_file, f"${ENV_KEY_FILE}"
-        elif os.environ.get(ENV_KEY):
-            key, source = os.environ[ENV_KEY], f"${ENV_KEY}"
-        else:
-            return None
-    if key is None and key_file is not None:
-        source = source if source != "key" else "key_file"
-        try:
-            key = Path(key_file).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"halt {source}: cannot read the key file {str(key_file)!r}:"
-                             f" {exc.strerror or exc}") from None
-    assert key is not None
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    raw = raw.strip()
-    if len(raw) < MIN_KEY_BYTES:
-        raise ValueError(f"halt {source}: the key is shorter than {MIN_KEY_BYTES} bytes; make"
-                         " one with: python3 -c 'import secrets; print(secrets.token_hex(32))'")
-    return raw
-
-
-def os_user() -> str:
-    """The OS account running this process (from the effective uid, not from $USER, which
-    anyone can set); ``root (sudo from bob)`` when run through sudo."""
-    uid = os.geteuid()
-    try:
-        import pwd
-
-        name = pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        name = f"uid {uid}"
-    sudo = os.environ.get("SUDO_USER")
-    return f"{name} (sudo from {sudo})" if uid == 0 and sudo else name
-
-
-# --- the chain --------------------------------------------------------------------------------
-
-
-class HaltTampered(HaltStoreError):
-    """The stored records fail verification: a MAC, a link or a sequence number is wrong."""
-
-
-def _body(record: HaltRecord, seq: int, prev: str) -> StoredRecord:
-    return {"seq": seq, "prev": prev, "halted": record.halted, "reason": record.reason,
-            "actor": record.actor, "at": record.at, "approvers": list(record.approvers),
-            "os_user": record.os_user}
-
-
-def _mac(key: bytes, body: Mapping[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hmac.new(key, _MAC_DOMAIN + canonical.encode("ascii"), hashlib.sha256).hexdigest()
-
-
-def seal(key: bytes, records: Iterable[HaltRecord], *, seq: int = 0,
-         prev: str = "") -> list[StoredRecord]:
-    """``records`` as stored records, chained after the record of MAC ``prev`` (``seq`` is the
-    index of the first one in the list)."""
-    out: list[StoredRecord] = []
-    for record in records:
-        body = _body(record, seq, prev)
-        prev = _mac(key, body)
-        out.append({**body, "mac": prev})
-        seq += 1
-    return out
-
-
-def _field(raw: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
-    value = raw[name]
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise TypeError(f"{name} is not a {kind.__name__}")
-    return value
-
-
-def verify(key: bytes, stored: Sequence[Mapping[str, Any]]) -> tuple[list[HaltRecord], list[str]]:
-    """The records and their MACs, after checking each record's MAC, sequence number and link
-    to the one before; :class:`HaltTampered` names the first record that fails."""
-    records: list[HaltRecord] = []
-    macs: list[str] = []
-    prev = ""
-    for index, raw in enumerate(stored):
-        try:
-            body = {k: v for k, v in raw.items() if k != "mac"}
-            mac = _field(raw, "mac", str)
-            at = raw["at"]
-            if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-                raise TypeError("at is not a finite number")
-            approvers = _field(raw, "approvers", list)
-            if not all(isinstance(a, str) for a in approvers):
-                raise TypeError("approvers is not a list of names")
-            record = HaltRecord(_field(raw, "halted", bool), _field(raw, "reason", str),
-                                _field(raw, "actor", str), float(at), tuple(approvers),
-                                _field(raw, "os_user", str))
-            seq, link = _field(raw, "seq", int), _field(raw, "prev", str)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise HaltTampered(f"record {index} is malformed ({exc})") from None
-        if not hmac.compare_digest(mac, _mac(key, body)):
-            raise HaltTampered(f"record {index} fails its MAC (edited by hand, or another key)")
-        if seq != index or link != prev or set(body) != set(_body(record, seq, link)):
-            raise HaltTampered(f"record {index} is out of its chain (records removed,"
-                               " reordered or inserted)")
-        records.append(record)
-        macs.append(mac)
-        prev = mac
-    return records, macs
 
 
 HaltListener = Callable[[HaltRecord], None]
@@ -581,7 +312,11 @@ class TradingHalt:
         except OSError:
             version = object()
         stored = self.store.read() or []
-        records, macs = verify(self._key, stored)
+        try:
+            records, macs = verify(self._key, stored)
+        except HaltTampered as exc:
+            where = " ".join(self.store.resume_args()[1:]) or type(self.store).__name__
+            raise HaltTampered(f"halt store {where} fails verification: {exc}") from None
         return version, stored, records, macs
 
     def _reload(self, changes: _Changes) -> None:
@@ -597,7 +332,7 @@ class TradingHalt:
             # copy put back, the file deleted). Recorded as a halt on top of what is there.
             self._version = version
             what = f"{len(macs)} records found, {len(known)} already seen"
-            self._adopt(records, macs, version, changes)
+            self._adopt(records, macs, version, _Changes())  # an old state is no news
             self._record_halt(f"halt store went back in time ({what}): trading halted",
                               changes)
             return
@@ -679,6 +414,8 @@ class TradingHalt:
         except OSError as exc:
             if new is None:  # the store could not even be locked or read: decide in memory
                 new = decide(self._view())
+                if not new and not self._pending:
+                    return []  # nothing to write: no write failed
             self._keep_unsaved(new, exc, changes)
             return new
         self._pending.clear()

@@ -122,7 +122,8 @@ def test_a_halt_pages_with_reason_actor_and_time(
         body = services.wait_for_requests(prefix)[0].text
         for line in ("trading halted (guard g1)", "event: halted",
                      "reason: breaker venue opened", "actor: breaker",
-                     "at: 2023-11-14T22:13:20Z", "exitguard halt resume --approver",
+                     "at: 2023-11-14T22:13:20Z",
+                     "exitguard halt resume --file PATH --approver NAME",
                      "#exitguardtradinghalted"):
             assert line in body, (line, body)
 

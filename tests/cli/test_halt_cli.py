@@ -301,3 +301,40 @@ def test_the_command_in_the_runbook_works_when_pasted_in_a_shell(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     assert "trading resumed by alice" in done.stdout
     assert not TradingHalt.from_file(path).is_halted
+
+
+BOT = """
+import sys, time
+from exitguard import TradingHalt, TradingHalted
+halt = TradingHalt.from_file(sys.argv[1], ["alice"], poll_interval=0.2)
+halt.halt("circuit breaker dex opened")
+print("halted", flush=True)
+while True:
+    try:
+        halt.check_entry()
+    except TradingHalted:
+        time.sleep(0.05)
+        continue
+    print("entries allowed, resumed by", halt.history[-1].actor, flush=True)
+    break
+"""
+
+
+def test_a_running_bot_process_sees_a_resume_from_the_cli_process(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    bot = subprocess.Popen([sys.executable, "-c", BOT, str(path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert bot.stdout is not None
+        assert bot.stdout.readline().strip() == "halted"
+        done = subprocess.run([sys.executable, "-m", "exitguard", "halt", "resume", "--file",
+                               str(path), "--approver", "alice", "--reason", "fixed"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        # No restart: the running bot reads the resume from the file by itself.
+        out, _ = bot.communicate(timeout=60)
+        assert out.strip() == "entries allowed, resumed by alice"
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+            bot.wait(timeout=10)

@@ -310,6 +310,7 @@ def test_a_tampered_file_means_halted_and_says_why(
     assert halt.is_halted, kind
     assert halt.store_error is not None
     assert why in halt.store_error
+    assert f"halt store {path} fails verification" in halt.store_error
     with pytest.raises(TradingHalted):
         halt.check_entry()
     # The CLI (no approvers of its own) cannot resume a file it cannot trust.
@@ -451,10 +452,13 @@ def test_a_rollback_while_running_is_recorded_as_a_halt(tmp_path: Path) -> None:
     bot.halt("breaker again")
     path.write_bytes(before)  # an old (valid) copy put back: the last halt vanishes
     halts: list[HaltRecord] = []
+    resumes: list[HaltRecord] = []
     bot.on_halt(halts.append)
+    bot.on_resume(resumes.append)
     clock.advance(1.0)
     with pytest.raises(TradingHalted, match="went back in time"):
         bot.check_entry()
+    assert resumes == []  # the old copy's resume is not announced as a new one
     assert halts
     assert "went back in time" in halts[0].reason
     # Written down on top of what is there, with the approvers: the CLI can lift it.
@@ -629,3 +633,26 @@ def test_a_bad_file_moved_aside_while_running_is_replaced_by_a_halted_one(
     cli.resume("bob", "file checked, moved aside")
     clock.advance(1.0)
     bot.check_entry()
+
+
+def test_a_halt_that_changes_nothing_on_an_unreachable_store_is_no_write_failure(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x", encoding="utf-8")
+    halt = TradingHalt.from_file(blocker / "halt.json", APPROVERS)
+    error, failures = halt.store_error, halt.store_failures
+    assert halt.halt("breaker again") is False  # already halted (unknown state): no write
+    assert (halt.store_error, halt.store_failures) == (error, failures)
+
+
+def test_the_os_user_comes_from_the_uid_not_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("LOGNAME", "alice")
+    name = pwd.getpwuid(os.geteuid()).pw_name
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    assert os_user() == name
+    monkeypatch.setenv("SUDO_USER", "bob")
+    assert os_user() == (f"{name} (sudo from bob)" if os.geteuid() == 0 else name)

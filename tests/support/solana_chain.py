@@ -22,10 +22,14 @@ What is modelled here (LiteSVM has no notion of it):
 * **The status cache.** Without ``searchTransactionHistory`` a status is visible only
   while the landing is younger than ``status_cache`` blocks (a node's recent status cache).
 * **The swap.** The stand-in "swap" transfers ``inAmount`` lamports from the wallet to a
-  pool account (so the pool's balance is the ground truth of what was sold); the output
-  leg is not modelled. A scripted slippage failure adds an instruction of a tiny on-chain
-  program returning custom error 6001 (``0x1771``), so the transaction lands failed and
-  the transfer is rolled back, as a Jupiter swap would be.
+  pool account (so the pool's balance is the ground truth of what was sold). The output
+  leg is modelled: a landed swap credits the wallet's output-token balance (kept here,
+  not in LiteSVM) with what it sold at ``Chain.execution_price`` (by default the price
+  Jupiter quotes; set it lower for a fill worse than the quote), and ``getTransaction``
+  reports it in ``preTokenBalances`` / ``postTokenBalances`` as a node does. A scripted
+  slippage failure adds an instruction of a tiny on-chain program returning custom error
+  6001 (``0x1771``), so the transaction lands failed and the transfer is rolled back, as a
+  Jupiter swap would be.
 
 Faults are scripted per JSON-RPC method (``Chain.fault(method, *actions)``, one action per
 request, then ``ok``): ``429``, ``500``, ``hang`` (until released or torn down), ``null``
@@ -132,6 +136,9 @@ class Landed:
     signature: str
     height: int
     err: TransactionErrorType | None
+    wire: bytes = b""  # the transaction as sent (getTransaction returns it)
+    lamports: tuple[int, int] = (0, 0)  # the wallet's balance before and after
+    output: tuple[int, int] = (0, 0)  # the wallet's output-token balance before and after
 
 
 @dataclass
@@ -157,10 +164,13 @@ class Chain:
     builds: list[int] = field(default_factory=list)  # heights of swap builds (then signing)
     hidden_landings: int = 0  # "null" status answers given for a transaction that landed
     statuses_hidden_until: int = 0  # below this height every status answer is "null"
+    hide_landings: int = 0  # this many status answers that would show a landing say "null"
     lose: int = 0  # how many more new signatures to lose, every copy of them
     lost: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)  # refused at preflight, never forwarded
     accepted: set[str] = field(default_factory=set)  # forwarded at least once
+    execution_price: float = 100.0  # output per input (UI units) a landed swap pays
+    output_balance: int = 0  # the wallet's output-token balance (base units)
 
     def __post_init__(self) -> None:
         self.svm.airdrop(self.wallet.pubkey(), 100 * 10**9)
@@ -205,14 +215,23 @@ class Chain:
         """Run ``tx`` in LiteSVM; None if it cannot land (expired blockhash, duplicate)."""
         with self.lock:
             signature = str(tx.signatures[0])
+            wallet_before = self.svm.get_balance(self.wallet.pubkey()) or 0
+            pool_before = self.svm.get_balance(self.pool) or 0
+            output_before = self.output_balance
             result = self.svm.send_transaction(tx)
             if isinstance(result, FailedTransactionMetadata):
                 name = str(result.err())
                 if "BlockhashNotFound" in name or "AlreadyProcessed" in name:
                     return None
-                landed = Landed(signature, self.height, result.err())
+                err: TransactionErrorType | None = result.err()
             else:
-                landed = Landed(signature, self.height, None)
+                err = None
+                sold = (self.svm.get_balance(self.pool) or 0) - pool_before
+                self.output_balance += int(sold / 10**INPUT_DECIMALS * self.execution_price
+                                           * 10**OUTPUT_DECIMALS)
+            landed = Landed(signature, self.height, err, bytes(tx),
+                            (wallet_before, self.svm.get_balance(self.wallet.pubkey()) or 0),
+                            (output_before, self.output_balance))
             self.landed[signature] = landed
             return landed
 
@@ -357,11 +376,16 @@ class _Rpc:
         if method == "getSignatureStatuses":
             if chain.height < chain.statuses_hidden_until:
                 action = "null"
+            elif chain.hide_landings > 0 and any(sig in chain.landed for sig in params[0]):
+                chain.hide_landings -= 1
+                action = "null"
             if action == "null":  # a node behind: it has not seen the landing yet
                 ctx = RpcResponseContext(chain.svm.get_clock().slot - chain.validity * 5)
             return 200, self._statuses(params, ctx, action)
         if method == "sendTransaction":
             return 200, self._send(request_id, params, action)
+        if method == "getTransaction":
+            return 200, self._transaction(request_id, params[0], action)
         return 200, _error(request_id, -32601, f"Method not found: {method}")
 
     def _statuses(self, params: list[Any], ctx: RpcResponseContext, action: str) -> str:
@@ -385,6 +409,36 @@ class _Rpc:
                 values.append(TransactionStatus(landed.height, None if depth >= 2 else depth,
                                                 None, landed.err, level))
         return GetSignatureStatusesResp(values, ctx).to_json()
+
+    def _transaction(self, request_id: object, signature: str, action: str) -> str:
+        """``getTransaction`` (base64) as a node answers it: null until the transaction
+        landed (or when the fault is ``null``: a node that has not indexed it yet), else
+        the transaction with its meta, whose token balances carry the swap's output."""
+        chain = self.chain
+        landed = chain.landed.get(signature)
+        if landed is None or action == "null":
+            return json.dumps({"jsonrpc": "2.0", "result": None, "id": request_id})
+        wallet = str(chain.wallet.pubkey())
+
+        def balance(amount: int) -> dict[str, Any]:
+            ui = amount / 10**OUTPUT_DECIMALS
+            return {"accountIndex": 3, "mint": OUTPUT_MINT, "owner": wallet,
+                    "programId": "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",
+                    "uiTokenAmount": {"amount": str(amount), "decimals": OUTPUT_DECIMALS,
+                                      "uiAmount": ui, "uiAmountString": str(ui)}}
+
+        status = {"Ok": None} if landed.err is None else {"Err": _err_json(landed.err)}
+        meta: dict[str, Any] = {
+            "err": None if landed.err is None else _err_json(landed.err), "status": status,
+            "fee": 5_000, "preBalances": [landed.lamports[0]],
+            "postBalances": [landed.lamports[1]], "innerInstructions": [], "logMessages": [],
+            "preTokenBalances": [balance(landed.output[0])],
+            "postTokenBalances": [balance(landed.output[1])], "rewards": [],
+            "loadedAddresses": {"writable": [], "readonly": []},
+        }
+        result = {"slot": landed.height, "blockTime": None, "version": 0, "meta": meta,
+                  "transaction": [base64.b64encode(landed.wire).decode(), "base64"]}
+        return json.dumps({"jsonrpc": "2.0", "result": result, "id": request_id})
 
     def _send(self, request_id: object, params: list[Any], action: str) -> str:
         chain = self.chain

@@ -270,6 +270,40 @@ def test_confirm_rebroadcasts_while_pending_and_returns_the_fill(net: Cluster) -
     scenario(net, body)
 
 
+def test_the_fill_is_what_the_wallet_received_not_the_quote(net: Cluster) -> None:
+    """The quote says 100 per SOL; the route paid 97.5 (within the 3% slippage). The fill,
+    and so the slippage the guard reports, is the wallet's real output from the landed
+    transaction's token balances."""
+    net.chain.execution_price = 97.5
+
+    async def body(venue: JupiterSwapVenue) -> None:
+        submission = await venue.prepare(market())
+        await venue.broadcast(submission)
+        fill = await venue.confirm(submission)
+        assert fill.size == 2.0
+        assert fill.price == pytest.approx(97.5)
+        assert net.chain.output_balance == 195 * 10**6  # ground truth: 2 SOL at 97.5
+        assert "getTransaction" in net.chain.requests
+
+    scenario(net, body)
+
+
+def test_a_node_that_has_not_indexed_the_landing_leaves_the_quote_as_the_fill(
+    net: Cluster,
+) -> None:
+    net.chain.execution_price = 97.5
+
+    async def body(venue: JupiterSwapVenue) -> None:
+        net.chain.fault("getTransaction", "null")
+        submission = await venue.prepare(market())
+        await venue.broadcast(submission)
+        fill = await venue.confirm(submission)
+        assert fill.size == 2.0
+        assert fill.price == pytest.approx(100.0)  # the quote's outAmount stands in
+
+    scenario(net, body)
+
+
 # -- failures, and how they map --------------------------------------------------------------
 
 

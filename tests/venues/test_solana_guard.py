@@ -126,7 +126,9 @@ def test_confirmations_stop_answering_while_the_sell_lands_late(net: Cluster) ->
         async with running(net) as venue:
             net.chain.fault("sendTransaction", "queue")
             net.chain.deliver_after(12)  # lands 12 blocks later, before expiry...
-            net.chain.statuses_hidden_until = net.chain.height + 30  # ...unseen until then
+            # ...and the next status answers still say nothing (counted, not timed: a
+            # loaded machine must not let the guard skip the blind window).
+            net.chain.hide_landings = 5
             guard = guard_for(venue)
             return await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
 
@@ -269,11 +271,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def kill_mid_exit(net: Cluster, store_path: Path) -> str:
+def kill_mid_exit(net: Cluster, store_path: Path, *, before_the_chain: bool = False) -> str:
     """Run an exit in a child process and SIGKILL it once its submission is recorded (its
-    transaction in flight, the child never having seen a status); the signature."""
+    transaction in flight, the child never having seen a status); the signature. With
+    ``before_the_chain``, every send hangs in the RPC server: the child is killed after
+    recording its signed transaction and before any copy of it reached the chain."""
     chain = net.chain
     chain.fault("getSignatureStatuses", *["null"] * 10_000)  # the child never learns
+    if before_the_chain:
+        chain.fault("sendTransaction", *["hang"] * 10_000)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, net.rpc_url, bytes(chain.wallet).hex(),
          str(store_path), INPUT_MINT, OUTPUT_MINT],
@@ -286,7 +292,8 @@ def kill_mid_exit(net: Cluster, store_path: Path) -> str:
             # Both: the guard records a submission before it broadcasts it (the submit
             # contract), so a kill on the record alone could come before anything was sent.
             recorded = store_path.exists() and json.loads(store_path.read_text())["pending"]
-            if recorded and chain.sent:
+            if recorded and (chain.sent or (
+                    before_the_chain and "sendTransaction" in chain.requests)):
                 break
             assert child.poll() is None, child.communicate()
             time.sleep(0.02)
@@ -299,6 +306,10 @@ def kill_mid_exit(net: Cluster, store_path: Path) -> str:
             child.kill()
             child.wait(10)
     chain.clear_faults()
+    if before_the_chain:
+        assert chain.sent == {}, "a copy reached the chain before the kill"
+        (record,) = json.loads(store_path.read_text())["pending"]
+        return str(record["tx_id"])
     assert len(chain.sent) == 1
     (signature,) = chain.sent
     return signature
@@ -397,6 +408,42 @@ def test_after_a_restart_a_lost_sell_expires_and_the_re_exit_closes(
     assert old not in chain.succeeded()
     (fill,) = outcome.fills
     assert fill.tx_id != old  # a new signature, signed after the old one expired
+    assert_ground_truth(net, outcome)
+
+
+def test_killed_between_recording_and_sending_nothing_is_signed_until_expiry(
+    net: Cluster, tmp_path: Path,
+) -> None:
+    """The child signed and recorded its sell, then died before any copy reached the chain.
+    The restarted guard cannot know whether a copy is still travelling: it either lands
+    that same transaction (its stored bytes) or signs a new one only once the old
+    blockhash expired. Never both, and the position closes."""
+    store_path = tmp_path / "pending.json"
+    chain = net.chain
+    old = kill_mid_exit(net, store_path, before_the_chain=True)
+    (record,) = json.loads(store_path.read_text())["pending"]
+    old_last_valid = int(record["venue_data"]["last_valid_block_height"])
+    builds_before = len(chain.builds)
+
+    async def restart() -> ExitOutcome:
+        async with running(net) as venue:
+            guard = guard_for(venue, pending_store=FilePendingStore(store_path))
+            await guard.resume_pending()
+            outcome = await guard.exit(POSITION, signal_price=100.0, reason="stop_loss")
+            await guard.drain(2)
+            return outcome
+
+    outcome = run(restart())
+    assert outcome.status is ExitStatus.CLOSED, outcome.reason
+    assert chain.sold_lamports == 2 * LAMPORTS
+    new_builds = chain.builds[builds_before:]
+    if old in chain.succeeded():
+        assert new_builds == [], "a second sell was built while the first one landed"
+    else:
+        assert new_builds, "the position closed without a new sell?"
+        assert min(new_builds) > old_last_valid, (
+            f"a new sell built at {new_builds} while {old[:8]} could land until"
+            f" {old_last_valid}")
     assert_ground_truth(net, outcome)
 
 

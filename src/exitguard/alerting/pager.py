@@ -500,7 +500,7 @@ class Pager:
         reason = redact(record.reason)  # may quote a venue's error text
         # The command as pasted needs only NAME filled in: the halt file's path is in it, the
         # approvers are stored with the halt and the key comes from the environment.
-        command = resume_command or resume_command_text(())
+        command = resume_command or resume_command_text(("--file", "PATH"))
         who = f" (NAME: one of {', '.join(record.approvers)})" if record.approvers else ""
         self._event(
             _Event(

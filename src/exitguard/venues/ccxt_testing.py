@@ -21,6 +21,9 @@ a free port and stops with its context manager, waking any request it holds.
     async with BinanceLoopback(balances={"BTC": 3.0}) as exchange_server:
         exchange = ccxt.async_support.binance({"apiKey": LOOPBACK_KEY, "secret": LOOPBACK_SECRET})
         exchange_server.configure(exchange)
+
+Why one module of about 560 lines: it is one fake exchange (its order book, signatures and
+fault script share one state); it ships in the package so users can test their own bots.
 """
 
 from __future__ import annotations

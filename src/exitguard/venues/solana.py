@@ -73,13 +73,20 @@ other preflight failure (first)   ``OrderNotSent``                 resend
 landed with another ``err``       FAILED (``SwapFailed``)          fresh order
 ================================  ===============================  ====================
 
-The fill is ExactIn: ``size`` is the quote's ``inAmount`` in UI units (never more than
-the order), ``price`` the quote's ``outAmount`` per unit. The swap's real output is at
-least ``min_out`` (``otherAmountThreshold``); read the transaction's token balances if
-you need it to the last unit. ``ExitOrder.valid_for`` is not used: the blockhash's
+The fill is what the wallet really got: ``size`` is the quote's ``inAmount`` (ExactIn;
+for a token input, what the wallet's token balance lost), ``price`` what the wallet's
+``output_mint`` token accounts received per unit, read from ``getTransaction``'s
+``preTokenBalances`` / ``postTokenBalances`` once the swap landed. When the node has not
+indexed the transaction yet or shows no output-token balance (a native SOL output), the
+quote's ``outAmount`` stands in, and the swap's real output is at least ``min_out``
+(``otherAmountThreshold``). ``ExitOrder.valid_for`` is not used: the blockhash's
 ``lastValidBlockHeight`` (about 60-90 s on mainnet) decides when a transaction can no
 longer land, so give the guard a ``deadline`` above that. Long positions only (selling
 ``input_mint`` for ``output_mint``); a short raises ``UnsupportedOrder``.
+
+Why one module of about 900 lines: one venue, whose resend rule (the block height against
+``lastValidBlockHeight``), error table and fill reading only make sense side by side; most of
+the length is this docstring and the error mapping.
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ from solders.transaction_status import (
     TransactionErrorInstructionError,
     TransactionErrorInsufficientFundsForRent,
     TransactionStatus,
+    UiTransactionStatusMeta,
 )
 
 from ..errors import (
@@ -566,7 +574,8 @@ class JupiterSwapVenue:
             if release:
                 self._release(order.position.id, signature)
             if status.err is None:
-                return Lookup(TxStatus.LANDED, self._fill(submission, data))
+                return Lookup(TxStatus.LANDED,
+                              await self._landed_fill(submission, signature, data))
             failure = _landed_failure(status.err, signature)
             self._failures[str(signature)] = failure
             _log.warning("landed as a failed transaction: %s", failure)
@@ -677,10 +686,37 @@ class JupiterSwapVenue:
             return status.confirmations is None
         return int(level) >= _RANK[self.commitment]  # Processed 0, Confirmed 1, Finalized 2
 
-    def _fill(self, submission: Submission, data: Mapping[str, str]) -> Fill:
+    async def _landed_fill(self, submission: Submission, signature: Signature,
+                           data: Mapping[str, str]) -> Fill:
+        """What a landed swap really did. ExactIn sells exactly the quote's ``inAmount``
+        (or, for a token input, what the wallet's token balance lost); what it received is
+        read from the transaction's token balances (``getTransaction``): a route can pay
+        anything between ``min_out`` and more than the quote, and the slippage the guard
+        reports must be the one the wallet got. When the node has not indexed the
+        transaction yet, or its meta does not show the output, the quote stands in (logged):
+        the swap's output is then at least ``min_out``."""
         order = submission.order
         in_amount = _int_or_none(data.get("in_amount"))
         out_amount = _int_or_none(data.get("out_amount"))
+        try:
+            response = await self._call(self.rpc.get_transaction(
+                signature, encoding="base64", commitment=self.commitment,
+                max_supported_transaction_version=0))
+            meta = response.value.transaction.meta if response.value is not None else None
+        except ExitError as exc:
+            _log.info("transaction %s not readable (%s): its fill is the quote's", signature,
+                      exc)
+            meta = None
+        if meta is not None:
+            sold = _balance_change(meta, self.wallet, self.input_mint)
+            received = _balance_change(meta, self.wallet, self.output_mint)
+            if sold is not None and sold < 0:
+                in_amount = -sold
+            if received is not None and received > 0:
+                out_amount = received
+            else:
+                _log.info("transaction %s shows no %s received by %s: its fill is the"
+                          " quote's", signature, self.output_mint, self.wallet)
         if in_amount is None or out_amount is None or in_amount <= 0 or out_amount <= 0:
             # Restored without amounts: the order's size at its reference price.
             return Fill(submission.tx_id, order.size, order.reference_price)
@@ -763,6 +799,24 @@ def _signed_bytes(submission: Submission) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except ValueError:
         raise InvalidVenueResponse(f"{submission.tx_id}: signed_tx is not base64") from None
+
+
+def _balance_change(meta: UiTransactionStatusMeta, owner: Pubkey, mint: Pubkey) -> int | None:
+    """How much of ``mint`` the token accounts ``owner`` holds gained (negative: lost) in
+    one transaction, in base units; None when the meta lists no such account (a native
+    SOL leg, or a node that omits token balances)."""
+    def total(balances: object) -> int | None:
+        if not isinstance(balances, list):
+            return None
+        amounts = [int(b.ui_token_amount.amount) for b in balances
+                   if b.owner == owner and b.mint == mint]
+        return sum(amounts) if amounts else None
+
+    before = total(meta.pre_token_balances)
+    after = total(meta.post_token_balances)
+    if before is None and after is None:
+        return None
+    return (after or 0) - (before or 0)
 
 
 def _int_or_none(value: object) -> int | None:
