@@ -119,6 +119,10 @@ class SharedBreakerBackend(Protocol):
     def release(self, breaker: CircuitBreaker, lease: str) -> None:
         """Give a probe lease back without a verdict."""
 
+    def trip(self, breaker: CircuitBreaker, reason: str) -> SharedState:
+        """Open the fleet's breaker if it is closed: a trip this process decided alone while
+        the store was unreachable, handed to the fleet when it answers again."""
+
     def read(self, breaker: CircuitBreaker) -> SharedState:
         """The fleet's state now (an open breaker past its cool-down reads half-open)."""
 
@@ -178,6 +182,7 @@ class CircuitBreaker:
         self.shared_error: str | None = None
         self._shared_retry_at = 0.0
         self._mirrored = False  # the fleet's state was read at least once
+        self._local_trip: str | None = None  # opened alone while the store was unreachable
         if shared is not None:
             shared.attach(self)
 
@@ -205,9 +210,19 @@ class CircuitBreaker:
             self._shared_failed(exc)
             return None
         if self.shared_error is not None:
+            self.shared_error = None
+            tripped, self._local_trip = self._local_trip, None
+            if tripped is not None and view.state is BreakerState.CLOSED:
+                # Opened alone during the outage: the fleet hears of it, not the reverse.
+                why = f"{tripped} (in {self.name}'s own count while the shared state was down)"
+                try:
+                    view = shared.trip(self, why)
+                except Exception as exc:
+                    self._local_trip = tripped
+                    self._shared_failed(exc)
+                    return None
             _log.warning("circuit breaker %s: shared state reachable again; the fleet's"
                          " state (%s) replaces the local one", self.name, view.state)
-            self.shared_error = None
         return view
 
     def _shared_failed(self, exc: BaseException) -> None:
@@ -283,6 +298,7 @@ class CircuitBreaker:
         if new is not BreakerState.HALF_OPEN:
             self._probes_in_flight = 0
         if new is BreakerState.CLOSED:
+            self._local_trip = None
             # A recovered breaker starts a fresh failure-rate window: the failures that
             # opened it must not re-open it on the next single failure.
             self._calls.clear()
@@ -407,6 +423,8 @@ class CircuitBreaker:
                 elif self._rate_exceeded():
                     reason = f"failure rate over {self.window:g}s above {self.failure_rate:.0%}"
             second = self._set(BreakerState.OPEN, reason) if reason else None
+            if reason and self.shared is not None:
+                self._local_trip = reason
             is_open = self._state is BreakerState.OPEN
         self._notify(event)
         self._notify(second)

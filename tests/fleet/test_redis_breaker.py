@@ -166,7 +166,7 @@ def test_the_failure_rate_counts_across_the_fleet(backends: list[RedisBreakerBac
 
 
 def test_redis_down_the_breaker_decides_alone_then_takes_the_fleet_state_back(
-    redis_server: RedisServer, logs: object,
+    redis_server: RedisServer,
 ) -> None:
     clock = FakeClock(100.0)
     backend = RedisBreakerBackend(redis_server.url, namespace="t", push=False)
@@ -174,24 +174,47 @@ def test_redis_down_the_breaker_decides_alone_then_takes_the_fleet_state_back(
                              shared=backend, shared_retry=1.0)
     heard = record(breaker)
     assert breaker.allow() == Permit(probe=False)
+    breaker.record_failure(Permit(probe=False))  # the fleet counts 1
     redis_server.kill()
-    # Exits go on: permits from the local state; one failed call, then no call for 1 s.
+    # Exits go on: permits from the local state; one failed call, then none for 1 s.
     assert breaker.allow() == Permit(probe=False)
     assert breaker.shared_failures == 1
     assert breaker.shared_error
-    assert breaker.record_failure(breaker.allow()) is BreakerAction.CONTINUE
-    assert breaker.record_failure(breaker.allow()) is BreakerAction.HALT_TRADING
+    breaker.record_success(Permit(probe=False))
     assert breaker.shared_failures == 1  # within shared_retry: Redis not asked again
-    assert [t[2] for t in heard] == [BreakerState.OPEN]
-    clock.advance(1.0)
-    assert breaker.allow() is None
-    assert breaker.shared_failures == 2
     redis_server.start()  # empty: no persistence
     clock.advance(1.0)
     # Redis answers again: its state (closed, nothing counted) replaces the local one.
     assert breaker.allow() == Permit(probe=False)
     assert breaker.shared_error is None
-    assert [t[2] for t in heard] == [BreakerState.OPEN, BreakerState.CLOSED]
+    assert breaker.consecutive_failures == 0
+    assert heard == []
+
+
+def test_a_trip_decided_alone_during_an_outage_opens_the_fleet_s_breaker_when_redis_returns(
+    redis_server: RedisServer,
+) -> None:
+    clock = FakeClock(100.0)
+    backend = RedisBreakerBackend(redis_server.url, namespace="t", push=False)
+    other = CircuitBreaker(name="v", failure_threshold=2, cooldown=30,
+                           shared=RedisBreakerBackend(redis_server.url, namespace="t",
+                                                      push=False))
+    breaker = CircuitBreaker(name="v", failure_threshold=2, cooldown=30, clock=clock,
+                             shared=backend, shared_retry=1.0)
+    heard = record(breaker)
+    redis_server.kill()
+    assert breaker.record_failure(breaker.allow()) is BreakerAction.CONTINUE
+    assert breaker.record_failure(breaker.allow()) is BreakerAction.HALT_TRADING
+    assert [t[2] for t in heard] == [BreakerState.OPEN]  # its own guard halts entries
+    redis_server.start()  # empty: the fleet's breaker reads closed
+    clock.advance(1.0)
+    # The venue outage seen alone is handed to the fleet, not forgotten.
+    assert breaker.allow() is None
+    assert [t[2] for t in heard] == [BreakerState.OPEN]
+    assert other.state is BreakerState.OPEN
+    reason = redis.Redis.from_url(redis_server.url).hget("t:breaker:{v}", "reason")
+    assert isinstance(reason, bytes)
+    assert b"own count while the shared state was down" in reason
 
 
 @pytest.mark.parametrize("garbage", ["wrong type", "unknown state"])

@@ -26,8 +26,9 @@ alone: it keeps the last state it saw from the fleet and counts only its own exi
 venue outage during a Redis outage still opens it, per process), counts the failure
 (``exitguard_faults_total{component="breaker_store"}``), logs once, and tries Redis again
 every ``shared_retry`` seconds (1 s) so a dead Redis costs an exit nothing more. When Redis
-answers again, the fleet's state replaces the local one; failures counted alone meanwhile
-stay local.
+answers again, the fleet's state replaces the local one, except that a breaker this process
+opened alone meanwhile opens the fleet's (if it is closed): a venue outage seen during a
+Redis outage is not forgotten. Failures counted alone that did not open it stay local.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ if key and redis.call('GET', key) == ARGV[5] then redis.call('DEL', key) end
 return 1
 """
 
+# ARGV 4 reason
+_TRIP = _PRELUDE + """
+if state == 'closed' then set_state('open', ARGV[4]) end
+return {state, reason, consecutive, false}
+"""
+
 _RESET = _PRELUDE + """
 redis.call('HSET', KEYS[1], 'consecutive', 0)
 if state ~= 'closed' then
@@ -225,7 +232,7 @@ class RedisBreakerBackend:
         self._serial = itertools.count(1)
         self._scripts = {name: client.register_script(body) for name, body in (
             ("read", _READ), ("allow", _ALLOW), ("record", _RECORD), ("release", _RELEASE),
-            ("reset", _RESET))}
+            ("reset", _RESET), ("trip", _TRIP))}
         self._lock = threading.Lock()
         self._breakers: dict[str, weakref.WeakSet[CircuitBreaker]] = {}
         self._push = push
@@ -288,6 +295,9 @@ class RedisBreakerBackend:
 
     def reset(self, breaker: CircuitBreaker) -> SharedState:
         return _view(self._run("reset", breaker))
+
+    def trip(self, breaker: CircuitBreaker, reason: str) -> SharedState:
+        return _view(self._run("trip", breaker, reason))
 
     # -- push ---------------------------------------------------------------------------
 
