@@ -190,3 +190,19 @@ def test_a_longer_chain_restores_what_a_shorter_one_restored_first(
         assert [r.halted for r in behind.history] == [True, False]
     finally:
         close(ahead)
+
+
+def test_garbage_under_the_halt_s_keys_means_halted_in_every_process(
+    fleet: list[TradingHalt], redis_server: RedisServer,
+) -> None:
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.rpush("t:halt:{default}:records", '{"halted": false}')  # not a sealed record
+    raw.set("t:halt:{default}:version", "garbage")
+    raw.publish("t:halt:{default}:changes", "garbage")
+    wait_until(lambda: all(h.is_halted for h in fleet), 10, 0.02, "halted on garbage")
+    for halt in fleet:
+        with pytest.raises(TradingHalted, match="halt store"):
+            halt.check_entry()
+        assert halt.store_error
