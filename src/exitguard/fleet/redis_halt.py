@@ -12,11 +12,14 @@ What Redis adds:
   token with an expiry), and the write is a compare-and-set on the version read under it, so
   a writer whose lock expired (a process paused past ``lock_timeout``) fails instead of
   overwriting: a resume that races a new halt never wins silently;
-- **fail safe**: Redis unreachable, timed out, or holding something that is not ours makes
-  ``read`` raise ``HaltStoreError``: the halt is then *halted* (entries refused, exits go on),
+- **fail safe**: Redis unreachable or timed out makes ``read`` raise
+  ``HaltStoreUnavailable``, something under our keys that is not ours ``HaltStoreError``
+  (corrupt): the halt is then *halted* (entries refused, exits go on),
   counted (``exitguard_faults_total{component="halt_store"}``), logged and paged once by
-  ``TradingHalt``. While Redis is down, calls fail at once (no network wait) and Redis is
-  tried again every ``retry_every`` seconds;
+  ``TradingHalt`` (the halt it records names the outage). While Redis is down, calls fail at
+  once (no network wait) and Redis is tried again every ``retry_every`` seconds. When it
+  answers, its state is read back; an empty Redis is believed only if this process had seen
+  no record either (else the next point applies);
 - **nothing lost when Redis comes back empty** (restarted without persistence): each store
   keeps the last chain it read or wrote; a store that finds in Redis a strict prefix of that
   chain (records lost, none changed) writes its copy back before answering. A chain that
