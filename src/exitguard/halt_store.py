@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
@@ -149,11 +150,20 @@ class FileHaltStore:
 
 
 def _same_owner_as(fd: int, path: Path) -> None:
-    """A lock file created by root (a CLI run with sudo) is given to the halt file's owner,
-    so the bot can still open it."""
+    """Whoever may open the halt file may open its lock file: a lock file created by root (a
+    CLI run with sudo) is given to the halt file's owner and group, with its read bits (the
+    lock is taken on a read-only descriptor)."""
     try:
-        mine, theirs = os.fstat(fd), os.stat(path if path.exists() else path.parent)
+        mine = os.fstat(fd)
+        if not path.exists():
+            theirs = os.stat(path.parent)
+            mode = 0o600
+        else:
+            theirs = os.stat(path)
+            mode = stat.S_IMODE(theirs.st_mode) & 0o644
         if (mine.st_uid, mine.st_gid) != (theirs.st_uid, theirs.st_gid):
             os.fchown(fd, theirs.st_uid, theirs.st_gid)
+        if stat.S_IMODE(mine.st_mode) != mode | 0o600:
+            os.fchmod(fd, mode | 0o600)
     except OSError:
-        pass  # not ours to give away (not root): the lock works all the same
+        pass  # not ours to change (not root, not the owner): the lock works all the same
