@@ -126,6 +126,13 @@ class ScriptedVenue:
         self.name = name
         self.price_error = price_error
         self.sent: list[SentTx] = []
+        # Indexes over ``sent`` (thousands of concurrent exits look orders up constantly):
+        # by venue id, by the first order sent under a client order id, by position. Kept up
+        # to date lazily, so a subclass may append to ``sent`` itself.
+        self._indexed = 0
+        self._by_tx_id: dict[str, SentTx] = {}
+        self._by_client_id: dict[str, SentTx] = {}
+        self._by_position: dict[str, list[SentTx]] = {}
         self.submit_calls = 0
         self.violations: list[str] = []
         self._ids = itertools.count(1)
@@ -152,10 +159,7 @@ class ScriptedVenue:
         self.submit_calls += 1
         plan = self._plan(index)
         now = self._now()
-        live = [
-            tx.tx_id for tx in self.sent
-            if tx.order.position.id == order.position.id and tx.live_at(now)
-        ]
+        live = [tx.tx_id for tx in self._of(order.position.id) if tx.live_at(now)]
         if plan.send_error is not None and not plan.sent_anyway:
             raise plan.send_error
         if live:
@@ -171,12 +175,16 @@ class ScriptedVenue:
     def _find(self, submission: Submission) -> SentTx | None:
         """By the venue's id, or (for an order whose submit did not answer) by the client
         order id the guard gave it."""
-        for tx in self.sent:
-            if tx.tx_id == submission.tx_id or (
-                submission.tx_id == tx.order.client_order_id
-            ):
-                return tx
-        return None
+        self._index()
+        return (self._by_tx_id.get(submission.tx_id)
+                or self._by_client_id.get(submission.tx_id))
+
+    def _index(self) -> None:
+        for tx in self.sent[self._indexed:]:
+            self._by_tx_id.setdefault(tx.tx_id, tx)
+            self._by_client_id.setdefault(tx.order.client_order_id, tx)
+            self._by_position.setdefault(tx.order.position.id, []).append(tx)
+        self._indexed = len(self.sent)
 
     def _tx(self, submission: Submission) -> SentTx:
         tx = self._find(submission)
@@ -239,7 +247,8 @@ class ScriptedVenue:
     def _of(self, position_id: str | None) -> list[SentTx]:
         if position_id is None:
             return self.sent
-        return [tx for tx in self.sent if tx.order.position.id == position_id]
+        self._index()
+        return self._by_position.get(position_id, [])
 
 
 def event_payload(event: object) -> Any:
