@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from tests.support.dropin import Kit
     from tests.support.otlp_receiver import OtlpReceiver
-    from tests.support.servers import WebhookSink
+    from tests.support.servers import RedisServer, WebhookSink
 
 
 @pytest.fixture
@@ -100,3 +100,13 @@ def halt_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("EXITGUARD_HALT_KEY_FILE", raising=False)
     monkeypatch.setenv("EXITGUARD_HALT_KEY", TEST_HALT_KEY)
     return TEST_HALT_KEY
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port (skipped without the binary, failing in
+    CI), stopped after the test whatever its result; the test may kill and restart it."""
+    from tests.support.servers import redis_server as start_redis
+
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -6,6 +6,13 @@ window passes a limit. While open it refuses exits fast so the bot can route els
 After ``cooldown`` it lets ``half_open_probes`` exits through; a success closes it, a failure
 re-opens it. Every transition is reported to listeners, so even an open that lasts less than
 a scrape interval is counted. Thread-safe; listeners run outside the lock.
+
+Breakers of the same venue in several processes can share one state through a
+``SharedBreakerBackend`` (``exitguard.fleet.RedisBreakerBackend``): failures then count into
+one fleet-wide window, a transition made by one process is mirrored by all, and the half-open
+probe is a lease held by one process of the fleet. A backend that cannot be reached never
+blocks an exit: the breaker then decides alone from its local counters (retrying the backend
+every ``shared_retry`` seconds) until the backend answers again, whose state then wins.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import logline
 from ._validate import fraction, positive, whole
@@ -61,6 +69,65 @@ class Permit:
 
     probe: bool
     forced: bool = False
+    #: The fleet-wide half-open probe lease this permit holds (shared breakers only).
+    lease: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """A shared backend's answer: the fleet's state of one breaker after the call.
+
+    ``reason`` is why the fleet is in that state (the reason of its last transition);
+    ``consecutive_failures`` counts failed exits across the fleet since the last success;
+    ``lease`` is set when ``allow`` granted this process the half-open probe.
+    """
+
+    state: BreakerState
+    reason: str
+    consecutive_failures: int = 0
+    lease: str | None = None
+
+
+class SharedBreakerBackend(Protocol):
+    """Where breakers of the same name keep one state across processes and hosts.
+
+    Every method may raise (the store is unreachable or answers garbage): the breaker then
+    decides alone and counts the failure (``exitguard_faults_total{component="breaker_store"}``).
+    The backend reads the breaker's settings (``failure_threshold``, ``cooldown``,
+    ``half_open_probes``, ``failure_rate``, ``window``, ``min_calls``) from the breaker and keeps
+    time by its own clock (one clock for the fleet), not the breaker's.
+    """
+
+    def attach(self, breaker: CircuitBreaker) -> None:
+        """Call ``breaker.sync()`` whenever another process moves this breaker's state or
+        its count of consecutive failures between zero and non-zero."""
+
+    def fresh(self, breaker: CircuitBreaker) -> bool:
+        """True while every change of the fleet's state reaches this process (a live push):
+        a closed breaker then lets exits through without asking the store, and takes their
+        successes without it while no failure is counted."""
+
+    def allow(self, breaker: CircuitBreaker) -> SharedState:
+        """The fleet's state; in half-open, a probe lease if one is free (at most
+        ``half_open_probes`` leases fleet-wide)."""
+
+    def record(self, breaker: CircuitBreaker, *, ok: bool, lease: str | None,
+               forced: bool) -> SharedState:
+        """Count an exit's verdict into the fleet's window and move the state by the same
+        rules as the local breaker."""
+
+    def release(self, breaker: CircuitBreaker, lease: str) -> None:
+        """Give a probe lease back without a verdict."""
+
+    def trip(self, breaker: CircuitBreaker, reason: str) -> SharedState:
+        """Open the fleet's breaker if it is closed: a trip this process decided alone while
+        the store was unreachable, handed to the fleet when it answers again."""
+
+    def read(self, breaker: CircuitBreaker) -> SharedState:
+        """The fleet's state now (an open breaker past its cool-down reads half-open)."""
+
+    def reset(self, breaker: CircuitBreaker) -> SharedState:
+        """Close the fleet's breaker by hand."""
 
 
 class CircuitBreaker:
@@ -84,6 +151,8 @@ class CircuitBreaker:
         window: float = 60.0,
         min_calls: int = 10,
         clock: Clock = loop_time,
+        shared: SharedBreakerBackend | None = None,
+        shared_retry: float = 1.0,
     ) -> None:
         owner = "CircuitBreaker"
         self.name = name
@@ -105,6 +174,17 @@ class CircuitBreaker:
         self._listeners: list[TransitionListener] = []
         self.trips = 0
         self.transitions = 0
+        self.shared = shared
+        self.shared_retry = positive(owner, "shared_retry", shared_retry)
+        #: Calls to the shared backend that failed (the breaker decided alone each time).
+        self.shared_failures = 0
+        #: The last backend failure while it lasts (None while the backend answers).
+        self.shared_error: str | None = None
+        self._shared_retry_at = 0.0
+        self._mirrored = False  # the fleet's state was read at least once
+        self._local_trip: str | None = None  # opened alone while the store was unreachable
+        if shared is not None:
+            shared.attach(self)
 
     def clone(self, name: str) -> CircuitBreaker:
         """A fresh breaker with the same settings (one per fallback venue)."""
@@ -112,7 +192,77 @@ class CircuitBreaker:
             self.failure_threshold, name=name, cooldown=self.cooldown,
             half_open_probes=self.half_open_probes, failure_rate=self.failure_rate,
             window=self.window, min_calls=self.min_calls, clock=self._clock,
+            shared=self.shared, shared_retry=self.shared_retry,
         )
+
+    # -- the shared view ------------------------------------------------------------------
+
+    def _ask(self, call: Callable[[SharedBreakerBackend], SharedState]) -> SharedState | None:
+        """The backend's answer, or None when there is none or it failed (decide alone)."""
+        shared = self.shared
+        if shared is None or self._clock() < self._shared_retry_at:
+            return None
+        try:
+            view = call(shared)
+            if not isinstance(view, SharedState) or not isinstance(view.state, BreakerState):
+                raise TypeError(f"the backend answered {view!r}")
+        except Exception as exc:
+            self._shared_failed(exc)
+            return None
+        if self.shared_error is not None:
+            self.shared_error = None
+            tripped, self._local_trip = self._local_trip, None
+            if tripped is not None and view.state is BreakerState.CLOSED:
+                # Opened alone during the outage: the fleet hears of it, not the reverse.
+                why = f"{tripped} (in {self.name}'s own count while the shared state was down)"
+                try:
+                    view = shared.trip(self, why)
+                except Exception as exc:
+                    self._local_trip = tripped
+                    self._shared_failed(exc)
+                    return None
+            _log.warning("circuit breaker %s: shared state reachable again; the fleet's"
+                         " state (%s) replaces the local one", self.name, view.state)
+        return view
+
+    def _shared_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.shared_failures += 1
+            first = self.shared_error is None
+            self.shared_error = f"{type(exc).__name__}: {exc}"
+            self._shared_retry_at = self._clock() + self.shared_retry
+        if first:
+            _log.error("circuit breaker %s: shared state unreachable (%s); deciding from this"
+                       " process's own exits until it answers (retried every %gs)", self.name,
+                       self.shared_error, self.shared_retry)
+
+    def _current(self) -> bool:
+        """The mirror is the fleet's state (pushes arrive, the store answers) and closed:
+        what an ``allow`` would get from the store anyway (a transition is pushed). Saves a
+        round trip per exit; open and half-open (time-based, and the probe lease) ask."""
+        shared = self.shared
+        return (shared is not None and self._mirrored and self.shared_error is None
+                and self._state is BreakerState.CLOSED and shared.fresh(self))
+
+    def _mirror(self, view: SharedState) -> tuple[BreakerState, BreakerState, str] | None:
+        """Take the fleet's state (under the lock); the transition to report, if any."""
+        self._consecutive_failures = view.consecutive_failures
+        if view.state is self._state:
+            return None
+        return self._set(view.state, view.reason)
+
+    def _apply(self, view: SharedState) -> BreakerState:
+        with self._lock:
+            self._mirrored = True
+            event = self._mirror(view)
+        self._notify(event)
+        return view.state
+
+    def sync(self) -> BreakerState:
+        """Read the fleet's state now and report a transition made elsewhere (the backend
+        calls this when another process moves the state)."""
+        view = self._ask(lambda shared: shared.read(self))
+        return self._state if view is None else self._apply(view)
 
     def add_listener(self, listener: TransitionListener) -> None:
         """``listener(name, old, new, reason)`` on every transition."""
@@ -125,6 +275,9 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         """The state now; an open breaker whose cool-down has passed reads as half-open."""
+        view = self._ask(lambda shared: shared.read(self))
+        if view is not None:
+            return self._apply(view)
         with self._lock:
             event = self._refresh()
         self._notify(event)
@@ -145,6 +298,7 @@ class CircuitBreaker:
         if new is not BreakerState.HALF_OPEN:
             self._probes_in_flight = 0
         if new is BreakerState.CLOSED:
+            self._local_trip = None
             # A recovered breaker starts a fresh failure-rate window: the failures that
             # opened it must not re-open it on the next single failure.
             self._calls.clear()
@@ -168,6 +322,16 @@ class CircuitBreaker:
 
     def allow(self) -> Permit | None:
         """Let an exit through (returning a permit) or refuse it (None) without waiting."""
+        if self._current():
+            return Permit(probe=False)
+        view = self._ask(lambda shared: shared.allow(self))
+        if view is not None:
+            state = self._apply(view)
+            if state is BreakerState.CLOSED:
+                return Permit(probe=False)
+            if state is BreakerState.HALF_OPEN and view.lease is not None:
+                return Permit(probe=True, lease=view.lease)
+            return None
         with self._lock:
             event = self._refresh()
             permit: Permit | None
@@ -189,8 +353,11 @@ class CircuitBreaker:
         return Permit(probe=True, forced=True)
 
     def should_accept_exit(self) -> bool:
-        """The original design's check: would an exit be let through now? Takes no probe slot."""
+        """The original design's check: would an exit be let through now? Takes no probe slot
+        (with a shared backend, a half-open breaker reads as accepting)."""
         state = self.state
+        if state is BreakerState.HALF_OPEN and self.shared is not None:
+            return True
         if state is BreakerState.HALF_OPEN:
             with self._lock:
                 return self._probes_in_flight < self.half_open_probes
@@ -198,11 +365,31 @@ class CircuitBreaker:
 
     def release(self, permit: Permit | None) -> None:
         """Give a probe slot back without a verdict (the exit was cancelled)."""
+        if permit is not None and permit.lease is not None and self.shared is not None:
+            lease = permit.lease
+            try:
+                self.shared.release(self, lease)
+            except Exception as exc:  # the lease expires on its own
+                self._shared_failed(exc)
+            return
         if permit is not None and permit.probe and not permit.forced:
             with self._lock:
                 self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
+    def _verdict(self, permit: Permit | None, *, ok: bool) -> SharedState | None:
+        lease = permit.lease if permit is not None else None
+        forced = permit is not None and permit.forced
+        return self._ask(lambda shared: shared.record(self, ok=ok, lease=lease, forced=forced))
+
     def record_success(self, permit: Permit | None = None) -> None:
+        if self.failure_rate is None and (permit is None or not permit.probe) and (
+            self._consecutive_failures == 0 and self._current()
+        ):
+            return  # nothing for the store to count: no failure to reset, no rate window
+        view = self._verdict(permit, ok=True)
+        if view is not None:
+            self._apply(view)
+            return
         with self._lock:
             self._consecutive_failures = 0
             self._record_call(ok=True)
@@ -218,6 +405,11 @@ class CircuitBreaker:
 
     def record_failure(self, permit: Permit | None = None) -> BreakerAction:
         """Count a failed exit; HALT_TRADING when the breaker is (or becomes) open."""
+        view = self._verdict(permit, ok=False)
+        if view is not None:
+            state = self._apply(view)
+            return BreakerAction.HALT_TRADING if state is BreakerState.OPEN else (
+                BreakerAction.CONTINUE)
         with self._lock:
             self._consecutive_failures += 1
             self._record_call(ok=False)
@@ -231,6 +423,8 @@ class CircuitBreaker:
                 elif self._rate_exceeded():
                     reason = f"failure rate over {self.window:g}s above {self.failure_rate:.0%}"
             second = self._set(BreakerState.OPEN, reason) if reason else None
+            if reason and self.shared is not None:
+                self._local_trip = reason
             is_open = self._state is BreakerState.OPEN
         self._notify(event)
         self._notify(second)
@@ -251,7 +445,11 @@ class CircuitBreaker:
         return failures / len(self._calls) >= self.failure_rate
 
     def reset(self) -> None:
-        """Close by hand (an operator decision)."""
+        """Close by hand (an operator decision); with a shared backend, for the whole fleet."""
+        view = self._ask(lambda shared: shared.reset(self))
+        if view is not None:
+            self._apply(view)
+            return
         with self._lock:
             self._consecutive_failures = 0
             self._calls.clear()

@@ -187,6 +187,12 @@ class HaltStoreError(ExitError):
     """The halt file is unreadable or corrupt: the halt is treated as on."""
 
 
+class HaltStoreUnavailable(HaltStoreError):
+    """A halt store on the network cannot be reached: its state is unknown, not corrupt
+    (halted meanwhile; when it answers again, an empty store is believed if this process
+    had seen no record either)."""
+
+
 Classifier = Callable[[BaseException], ErrorClass]
 
 # Known error texts, lower-cased, checked in order (more specific first). Only a venue's

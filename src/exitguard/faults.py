@@ -22,7 +22,8 @@ class FaultSource(enum.StrEnum):
     QUOTE = "quote"  # a price quote failed or answered garbage
     CLASSIFIER = "classifier"  # the error classifier raised
     PENDING_STORE = "pending_store"  # the pending-transaction store failed
-    HALT_STORE = "halt_store"  # the halt file is corrupt or cannot be written
+    HALT_STORE = "halt_store"  # the halt store is corrupt, unreachable or cannot be written
+    BREAKER_STORE = "breaker_store"  # a shared breaker's store failed: the breaker decided alone
     VENUE_CALL = "venue_call"  # a venue call ignored cancellation: left to finish on its own
 
 

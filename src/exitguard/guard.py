@@ -152,13 +152,15 @@ class ExitGuard:
     @property
     def fault_counts(self) -> dict[FaultSource, int]:
         """Failures absorbed so exits went on, by source (every source, zeros included):
-        the guard's own, its hooks' and its halt store's. Each was logged where it happened
-        (once per kind); ``exitguard_faults_total`` exposes these counts."""
+        the guard's own, its hooks', its halt store's and its shared breakers'. Each was logged
+        where it happened (once per kind); ``exitguard_faults_total`` exposes these counts."""
         counts = self.faults.snapshot()
         if self._hooks is not None:
             counts[FaultSource.HOOK] += self._hooks.failure_total
         if self.halt is not None:
             counts[FaultSource.HALT_STORE] += self.halt.store_failures
+        breakers = {id(route.breaker): route.breaker for route in self._routes}
+        counts[FaultSource.BREAKER_STORE] += sum(b.shared_failures for b in breakers.values())
         return counts
 
     @property

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from . import logline
 from .clock import wall_time
-from .errors import HaltResumeError, HaltStoreError, TradingHalted
+from .errors import HaltResumeError, HaltStoreError, HaltStoreUnavailable, TradingHalted
 from .halt_chain import (
     ENV_KEY,
     ENV_KEY_FILE,
@@ -148,6 +148,7 @@ class TradingHalt:
         self._macs: list[str] = []  # of the verified, saved records
         self._pending: list[HaltRecord] = []  # recorded here, not written yet
         self._trusted = True  # False: the store failed to load or verify (halted)
+        self._unavailable = False  # the distrust is a network store out of reach
         self._halted = False
         self._reason = ""
         self._version: Hashable = object()
@@ -322,6 +323,7 @@ class TradingHalt:
         try:
             version, _, records, macs = self._read()
         except HaltStoreError as exc:
+            self._unavailable = isinstance(exc, HaltStoreUnavailable)
             self._distrust(str(exc), changes)
             return
         known = self._macs
@@ -334,9 +336,10 @@ class TradingHalt:
             self._record_halt(f"halt store went back in time ({what}): trading halted",
                               changes)
             return
-        if not records and self._halted:
+        if not records and self._halted and not (self._unavailable and not self._macs):
             # Emptied (a bad file moved aside) while halted: the halt is written down again,
             # with this process's approvers, so it is lifted by an approved resume only.
+            # (Not a network store found empty after an outage, as this process last saw it.)
             self._version = version
             self._record_halt(f"halt store emptied while halted ({self._reason})", changes)
             return

@@ -447,3 +447,44 @@ def test_threads_mixing_verdicts_keep_transitions_consistent() -> None:
     assert breaker.trips == sum(1 for _, _, new, _ in events if new is OPEN)
     assert all(old is not new for _, old, new, _ in events)
     assert breaker.state in (CLOSED, HALF_OPEN, OPEN)
+
+
+class _BrokenBackend:
+    """A SharedBreakerBackend whose store is gone (or answers nonsense)."""
+
+    def __init__(self, answer: object = None) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def attach(self, breaker: CircuitBreaker) -> None:
+        pass
+
+    def fresh(self, breaker: CircuitBreaker) -> bool:
+        return False
+
+    def _call(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        if self.answer is None:
+            raise ConnectionError("store unreachable")
+        return self.answer
+
+    allow = record = release = read = reset = trip = _call
+
+
+@pytest.mark.parametrize("answer", [None, "closed", 42])
+def test_a_shared_backend_that_fails_or_answers_garbage_leaves_the_breaker_deciding_alone(
+    answer: object,
+) -> None:
+    clock = FakeClock(0.0)
+    backend = _BrokenBackend(answer)
+    breaker = CircuitBreaker(2, name="v", clock=clock, shared=backend,  # type: ignore[arg-type]
+                             shared_retry=5.0)
+    assert breaker.allow() is not None
+    breaker.record_failure()
+    assert breaker.record_failure() is BreakerAction.HALT_TRADING
+    assert breaker.state is BreakerState.OPEN
+    assert (backend.calls, breaker.shared_failures) == (1, 1)  # retried only after 5 s
+    clock.advance(5.0)
+    breaker.allow()
+    assert (backend.calls, breaker.shared_failures) == (2, 2)
+    assert breaker.shared_error

@@ -9,6 +9,8 @@ them too):
   :func:`binary_version`, :func:`run_tool`, :func:`free_port`, :func:`wait_until`;
 * :func:`running`: any process, waited for and always stopped;
 * :func:`prometheus` and :func:`alertmanager`: the real servers (Debian packages);
+* :func:`redis_server` / :class:`RedisServer`: a real redis-server (no persistence), which a
+  test may kill and start again on the same port;
 * :func:`webhook_sink` / :class:`WebhookSink`: records every POST and answers like Slack
   (``200 ok``) or Discord (``204``), or fails with a chosen status, or hangs.
 """
@@ -39,7 +41,8 @@ import pytest
 PROMETHEUS_BINARIES = {"prometheus": "prometheus", "promtool": "prometheus",
                        "prometheus-alertmanager": "prometheus-alertmanager",
                        "alertmanager": "prometheus-alertmanager",
-                       "amtool": "prometheus-alertmanager", "docker-compose": "docker-compose"}
+                       "amtool": "prometheus-alertmanager", "docker-compose": "docker-compose",
+                       "redis-server": "redis-server"}
 
 #: Debian names it prometheus-alertmanager; upstream's release archive, alertmanager.
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -253,6 +256,79 @@ def alertmanager(config_path: Path, workdir: Path,
     with running("alertmanager", argv, ready_url=f"http://127.0.0.1:{port}/-/ready",
                  workdir=workdir) as process:
         yield Alertmanager(f"http://127.0.0.1:{port}", process)
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian package) on 127.0.0.1:``port``, no persistence (``--save
+    '' --appendonly no``): a restart comes back empty, as a Redis without persistence does.
+
+    :meth:`kill` (SIGKILL) and :meth:`start` again on the same port let a test take it away
+    mid-run; :meth:`stop` (also at the end of :func:`redis_server`) always ends it.
+    """
+
+    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """True if the server answers PING (a raw RESP exchange: no client library needed)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            raise RuntimeError("redis-server is already running")
+        self.starts += 1
+        log = (self.workdir / f"redis-{self.port}-{self.starts}.log").open("wb")
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
+        with log:
+            self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                          cwd=self.workdir, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing flushed, nothing said to the clients."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port, stopped at the end whatever happened."""
+    server = RedisServer(require_binary("redis-server"), workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 # --- the webhook sink -------------------------------------------------------------------------
