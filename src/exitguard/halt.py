@@ -54,7 +54,7 @@ from .halt_chain import (
     verify,
 )
 from .halt_store import FILE_FORMAT, FileHaltStore, HaltStore, MemoryHaltStore
-from .redaction import get_logger
+from .redaction import get_logger, redact
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL", "ENV_KEY", "ENV_KEY_FILE", "FILE_FORMAT", "MIN_KEY_BYTES",
@@ -259,8 +259,10 @@ class TradingHalt:
     # --- writing ----------------------------------------------------------------------------
 
     def halt(self, reason: str, *, actor: str = "circuit_breaker") -> bool:
-        """Halt new entries; True if this call halted (False if already halted)."""
-        record = HaltRecord(True, reason, actor, wall_time(), tuple(sorted(self.approvers)),
+        """Halt new entries; True if this call halted (False if already halted). The reason
+        is stored redacted: it often quotes a venue's error, and the halt file is read by
+        people and printed by the CLI."""
+        record = HaltRecord(True, redact(reason), actor, wall_time(), tuple(sorted(self.approvers)),
                             self.os_user)
         changes = _Changes()
         with self._lock:
@@ -271,7 +273,7 @@ class TradingHalt:
     def resume(self, approver: str, reason: str) -> HaltRecord:
         """Resume trading; the approver must be on the halt's stored list. Recorded (with the
         OS user of this process) in the audit history."""
-        record = HaltRecord(False, reason, approver, wall_time(), (), self.os_user)
+        record = HaltRecord(False, redact(reason), approver, wall_time(), (), self.os_user)
 
         def decide(view: _View) -> list[HaltRecord]:
             if not view.allowed:
@@ -376,7 +378,7 @@ class TradingHalt:
         self._version = object()
 
     def _record_halt(self, reason: str, changes: _Changes) -> None:
-        record = HaltRecord(True, reason, "halt_store", wall_time(),
+        record = HaltRecord(True, redact(reason), "halt_store", wall_time(),
                             tuple(sorted(self.approvers)), self.os_user)
         self._transact(lambda _view: [record], changes)
 

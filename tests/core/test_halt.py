@@ -664,3 +664,18 @@ def test_the_os_user_comes_from_the_uid_not_from_the_environment(
     assert os_user() == name
     monkeypatch.setenv("SUDO_USER", "bob")
     assert os_user() == (f"{name} (sudo from bob)" if os.geteuid() == 0 else name)
+
+
+def test_a_reason_quoting_a_secret_is_stored_redacted(tmp_path: Path) -> None:
+    """A breaker's halt reason quotes the venue's last error, which may carry a key: the halt
+    file (read by people, printed by the CLI, kept for the audit) never holds it."""
+    path = tmp_path / "halt.json"
+    halt = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY)
+    halt.halt("breaker dex opened: GET https://rpc.example/v2/AbCdEf0123456789XyZ"
+              "?api_key=Sekr3tKey99 failed")
+    halt.resume(APPROVERS[0], "fixed; old token was Authorization: Bearer Tok3nValue.abc.def")
+    stored = path.read_text()
+    for secret in ("AbCdEf0123456789XyZ", "Sekr3tKey99", "Tok3nValue.abc.def"):
+        assert secret not in stored
+    assert "breaker dex opened" in stored
+    assert not TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY).is_halted
