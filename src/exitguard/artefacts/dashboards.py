@@ -687,7 +687,11 @@ def _runbook_link(title: str, base_url: str) -> dict[str, Any]:
     if section is None:
         raise ValueError(f"panel {title!r} has no runbook in PANEL_RUNBOOKS")
     url = runbook_url(section, base_url).replace(" ", "-")
-    return {"title": f"Runbook: {section}", "url": url, "targetBlank": True}
+    # Grafana renders a panel link from title, url and targetBlank; its published types
+    # (@grafana/schema) declare panel links as full DashboardLinks, so the rest is spelt out.
+    return {"title": f"Runbook: {section}", "url": url, "targetBlank": True, "type": "link",
+            "icon": "doc", "tooltip": f"What to do: {section}", "asDropdown": False,
+            "includeVars": False, "keepTime": False, "tags": []}
 
 
 def _traces_link(tempo_uid: str) -> dict[str, Any]:
