@@ -18,6 +18,10 @@ What a run reports comes from the venues' ground truth (the ``Ledger``), not fro
 executor believed: the realized loss counts the position's own size at the prices it really
 sold at, plus any unsold remainder marked at the market price at the horizon; double-sells
 are landings that sold more than the position held.
+
+Why one module of about 520 lines: the executors, one run and the Monte Carlo share the same
+run record and seeding rules (a seed must replay the same figures in one process or many);
+split, those rules would be spread over files that must change together.
 """
 
 from __future__ import annotations

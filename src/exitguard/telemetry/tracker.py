@@ -13,6 +13,10 @@ cannot tell a tracked exit from a guarded one, and neither can claim more than h
 - an attempt that ends with nothing reported is not a fill: sent (``submitted``) it may still
   land (TIMEOUT, reconciled as UNRESOLVED); never sent, it is SEND_FAILED;
 - an exception before anything was sent is recorded as "not sent", never as ``submitted``.
+
+Why one module of about 520 lines: it is the exit half of the drop-in (its attempts are in
+``attempt.py``, the decorator in ``decorator.py``); the outcome rules above are one decision
+read in one place.
 """
 
 from __future__ import annotations
