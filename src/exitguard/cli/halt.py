@@ -13,8 +13,9 @@ import os
 import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from ..errors import HaltResumeError
+from ..errors import ConfigError, HaltResumeError
 from ..halt import (
     DEFAULT_POLL_INTERVAL,
     ENV_KEY,
@@ -105,9 +106,22 @@ def add_parser(commands: Commands) -> None:
     halt.set_defaults(handler=run, halt_parser=halt)
 
 
+#: Where ``--redis`` without a value finds the fleet's Redis URL (it may hold a password).
+ENV_REDIS_URL = "EXITGUARD_REDIS_URL"
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", metavar="PATH", type=non_empty,
                         help=f"the halt file (default: ${ENV_HALT_FILE})")
+    parser.add_argument("--redis", metavar="URL", nargs="?", const="",
+                        help="a fleet's halt in Redis (exitguard[redis]) instead of a file;"
+                             f" without URL, ${ENV_REDIS_URL} (a URL with a password is"
+                             " refused here: ps shows command lines)")
+    parser.add_argument("--halt-name", metavar="NAME", default="default",
+                        help="with --redis: the halt's name (shared_halt(name=...), default"
+                             " 'default')")
+    parser.add_argument("--namespace", metavar="NS", default="exitguard",
+                        help="with --redis: the key namespace (default 'exitguard')")
     parser.add_argument("--key-file", metavar="PATH", type=non_empty,
                         help=f"the file holding the halt's HMAC key (default: ${ENV_KEY_FILE},"
                              f" else the key in ${ENV_KEY})")
@@ -153,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "approvers", None) is not None:
         raise CliError("--approvers is gone: who may resume is stored with the halt (the"
                        " bot's TradingHalt(approvers=...)); pass only --approver NAME")
+    if args.redis is not None:
+        return _run_on_redis(args)
     path = _halt_file(args)
     if path.is_dir():
         raise CliError(f"halt file {str(path)!r} is a directory")
@@ -160,20 +176,50 @@ def run(args: argparse.Namespace) -> int:
     exists = path.exists()
     with quiet_logging(args.verbose):
         halt = TradingHalt((), store=FileHaltStore(path), key=key)
-        if args.action == "status":
-            return _status(halt, path, exists, args)
-        if not exists:
-            raise CliError(f"no halt file at {path}: nothing to resume (mistyped?)",
-                           EXIT_UNKNOWN)
-        if halt.store_error is not None:
-            raise CliError(f"{printable(halt.store_error)}; fix the file or the key first",
-                           EXIT_UNKNOWN)
-        try:
-            record = halt.resume(args.approver, args.reason)
-        except HaltResumeError as exc:
-            raise CliError(printable(str(exc)), EXIT_DIFFERENT) from None
-        if halt.store_error is not None:
-            raise CliError(f"resume not saved: {printable(halt.store_error)}")
+        return _act(halt, str(path), exists, args)
+
+
+def _run_on_redis(args: argparse.Namespace) -> int:
+    """The same actions on a fleet's halt kept in Redis (``exitguard.fleet``)."""
+    url = args.redis or os.environ.get(ENV_REDIS_URL, "")
+    if not url:
+        raise CliError(f"--redis without a URL needs ${ENV_REDIS_URL}")
+    if args.redis and urlsplit(args.redis).password:
+        raise CliError(f"--redis URL holds a password (ps shows it): set ${ENV_REDIS_URL}"
+                       " and pass --redis alone")
+    key = _key(args)
+    try:
+        from ..fleet import RedisHaltStore
+    except ImportError:
+        raise CliError("--redis needs redis-py: pip install 'exitguard[redis]'") from None
+    try:
+        store = RedisHaltStore(url, name=args.halt_name, namespace=args.namespace)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        with quiet_logging(args.verbose):
+            halt = TradingHalt((), store=store, key=key)
+            exists = bool(halt.history) or halt.store_error is not None
+            return _act(halt, store.where, exists, args)
+    finally:
+        store.close()
+
+
+def _act(halt: TradingHalt, where: str, exists: bool, args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return _status(halt, where, exists, args)
+    if not exists:
+        what = "halt" if args.redis is not None else "halt file"
+        raise CliError(f"no {what} at {where}: nothing to resume (mistyped?)", EXIT_UNKNOWN)
+    if halt.store_error is not None:
+        raise CliError(f"{printable(halt.store_error)}; fix the file or the key first",
+                       EXIT_UNKNOWN)
+    try:
+        record = halt.resume(args.approver, args.reason)
+    except HaltResumeError as exc:
+        raise CliError(printable(str(exc)), EXIT_DIFFERENT) from None
+    if halt.store_error is not None:
+        raise CliError(f"resume not saved: {printable(halt.store_error)}")
     print(f"trading resumed by {printable(record.actor)} (OS user {printable(record.os_user)})"
           f" at {_iso(record.at)}: {printable(record.reason)}")
     return EXIT_OK
@@ -186,7 +232,7 @@ def _line(record: HaltRecord) -> str:
             f" {printable(record.reason)}")
 
 
-def _status(halt: TradingHalt, path: Path, exists: bool, args: argparse.Namespace) -> int:
+def _status(halt: TradingHalt, where: str, exists: bool, args: argparse.Namespace) -> int:
     snapshot = halt.snapshot()
     trusted = halt.store_error is None
     history = list(snapshot.history) if trusted else []
@@ -201,7 +247,7 @@ def _status(halt: TradingHalt, path: Path, exists: bool, args: argparse.Namespac
     command = halt.resume_command() if snapshot.halted else None
     if args.json:
         print_json({
-            "file": str(path),
+            "file": where,
             "exists": exists,
             "halted": snapshot.halted,
             "verified": trusted and exists,
@@ -225,9 +271,9 @@ def _status(halt: TradingHalt, path: Path, exists: bool, args: argparse.Namespac
         return code
     if not exists:
         if args.missing_ok:
-            print(f"trading: allowed (no halt file at {printable(str(path))}: never halted)")
+            print(f"trading: allowed (no halt file at {printable(where)}: never halted)")
         else:
-            print(f"trading: UNKNOWN (no halt file at {printable(str(path))}: mistyped? pass"
+            print(f"trading: UNKNOWN (no halt file at {printable(where)}: mistyped? pass"
                   " --missing-ok if 'never halted' is expected)")
         return code
     if snapshot.halted:

@@ -383,7 +383,9 @@ class RedisHaltStore:
         return version
 
     def resume_args(self) -> tuple[str, ...]:
-        return ()  # the exitguard CLI reaches file stores only
+        """``exitguard halt`` options that reach this halt: the URL (its password) comes from
+        ``$EXITGUARD_REDIS_URL``, never from a command line that ``ps`` shows."""
+        return ("--halt-name", self.name, "--namespace", self.namespace, "--redis")
 
     def close(self) -> None:
         """Stop the subscription thread."""
