@@ -195,8 +195,8 @@ class ChainVerifier:
 
     def __call__(self, stored: Sequence[Mapping[str, Any]]) -> tuple[list[HaltRecord], list[str]]:
         known = len(self._stored)
-        if (known and len(stored) >= known and stored[known - 1].get("mac") == self._macs[-1]
-                and list(stored[:known]) == self._stored):
+        if (known and len(stored) >= known and list(stored[:known]) == self._stored
+                and stored[known - 1]["mac"] == self._macs[-1]):  # equal records: both dicts
             new_records, new_macs = verify(self._key, stored[known:], seq=known,
                                            prev=self._macs[-1])
             records, macs = [*self._records, *new_records], [*self._macs, *new_macs]
