@@ -45,6 +45,7 @@ from .halt_chain import (
     ENV_KEY,
     ENV_KEY_FILE,
     MIN_KEY_BYTES,
+    ChainVerifier,
     HaltRecord,
     HaltTampered,
     StoredRecord,
@@ -130,6 +131,7 @@ class TradingHalt:
                     f" or set ${ENV_KEY_FILE} (a file outside the repository) or ${ENV_KEY}")
             resolved = secrets.token_bytes(32)  # memory only: nothing outlives the process
         self._key = resolved
+        self._verify = ChainVerifier(resolved)  # remembers the verified prefix
         self.name = name
         self.approvers = frozenset(a for a in approvers if a)
         self.store: HaltStore = store if store is not None else MemoryHaltStore()
@@ -315,7 +317,7 @@ class TradingHalt:
             version = object()
         stored = self.store.read() or []
         try:
-            records, macs = verify(self._key, stored)
+            records, macs = self._verify(stored)
         except HaltTampered as exc:
             where = " ".join(self.store.resume_args()[1:]) or type(self.store).__name__
             raise HaltTampered(f"halt store {where} fails verification: {exc}") from None

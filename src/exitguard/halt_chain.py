@@ -133,34 +133,74 @@ def _field(raw: Mapping[str, Any], name: str, kind: type[Any]) -> Any:
     return value
 
 
-def verify(key: bytes, stored: Sequence[Mapping[str, Any]]) -> tuple[list[HaltRecord], list[str]]:
+def verify(key: bytes, stored: Sequence[Mapping[str, Any]], *, seq: int = 0,
+           prev: str = "") -> tuple[list[HaltRecord], list[str]]:
     """The records and their MACs, after checking each record's MAC, sequence number and link
-    to the one before; :class:`HaltTampered` names the first record that fails."""
+    to the one before; :class:`HaltTampered` names the first record that fails. ``seq`` and
+    ``prev`` continue a chain already verified up to the record of index ``seq - 1``, MAC
+    ``prev``."""
     records: list[HaltRecord] = []
     macs: list[str] = []
-    prev = ""
-    for index, raw in enumerate(stored):
-        try:
-            body = {k: v for k, v in raw.items() if k != "mac"}
-            mac = _field(raw, "mac", str)
-            at = raw["at"]
-            if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-                raise TypeError("at is not a finite number")
-            approvers = _field(raw, "approvers", list)
-            if not all(isinstance(a, str) for a in approvers):
-                raise TypeError("approvers is not a list of names")
-            record = HaltRecord(_field(raw, "halted", bool), _field(raw, "reason", str),
-                                _field(raw, "actor", str), float(at), tuple(approvers),
-                                _field(raw, "os_user", str))
-            seq, link = _field(raw, "seq", int), _field(raw, "prev", str)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise HaltTampered(f"record {index} is malformed ({exc})") from None
-        if not hmac.compare_digest(mac, _mac(key, body)):
-            raise HaltTampered(f"record {index} fails its MAC (edited by hand, or another key)")
-        if seq != index or link != prev or set(body) != set(_body(record, seq, link)):
-            raise HaltTampered(f"record {index} is out of its chain (records removed,"
-                               " reordered or inserted)")
+    for index, raw in enumerate(stored, start=seq):
+        record, prev = _verify_one(key, index, prev, raw)
         records.append(record)
-        macs.append(mac)
-        prev = mac
+        macs.append(prev)
     return records, macs
+
+
+def _verify_one(key: bytes, index: int, prev: str,
+                raw: Mapping[str, Any]) -> tuple[HaltRecord, str]:
+    """Record ``index`` and its MAC, checked against ``key`` and the previous MAC ``prev``."""
+    try:
+        body = {k: v for k, v in raw.items() if k != "mac"}
+        mac = _field(raw, "mac", str)
+        at = raw["at"]
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise TypeError("at is not a finite number")
+        approvers = _field(raw, "approvers", list)
+        if not all(isinstance(a, str) for a in approvers):
+            raise TypeError("approvers is not a list of names")
+        record = HaltRecord(_field(raw, "halted", bool), _field(raw, "reason", str),
+                            _field(raw, "actor", str), float(at), tuple(approvers),
+                            _field(raw, "os_user", str))
+        seq, link = _field(raw, "seq", int), _field(raw, "prev", str)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise HaltTampered(f"record {index} is malformed ({exc})") from None
+    if not hmac.compare_digest(mac, _mac(key, body)):
+        raise HaltTampered(f"record {index} fails its MAC (edited by hand, or another key)")
+    if seq != index or link != prev or set(body) != set(_body(record, seq, link)):
+        raise HaltTampered(f"record {index} is out of its chain (records removed,"
+                           " reordered or inserted)")
+    return record, mac
+
+
+class ChainVerifier:
+    """:func:`verify` for one key that remembers the history it last verified, so a reload
+    that only appended records verifies just the new ones (a halt's history grows forever;
+    verifying all of it at every load made propagation slower with every halt).
+
+    The shortcut is taken only when the stored records up to the remembered count are equal,
+    field for field, to the ones verified before (the MAC at the last of them included, which
+    commits to every earlier record); anything else (fewer records, an edited or rewritten
+    prefix) is verified in full, as :func:`verify` does. The remembered records are the
+    stores' own copies: an in-process store whose records are mutated in place is not
+    defended against (a file or Redis store hands out fresh ones at every read).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._stored: list[Mapping[str, Any]] = []
+        self._records: list[HaltRecord] = []
+        self._macs: list[str] = []
+
+    def __call__(self, stored: Sequence[Mapping[str, Any]]) -> tuple[list[HaltRecord], list[str]]:
+        known = len(self._stored)
+        if (known and len(stored) >= known and list(stored[:known]) == self._stored
+                and stored[known - 1]["mac"] == self._macs[-1]):  # equal records: both dicts
+            new_records, new_macs = verify(self._key, stored[known:], seq=known,
+                                           prev=self._macs[-1])
+            records, macs = [*self._records, *new_records], [*self._macs, *new_macs]
+        else:
+            records, macs = verify(self._key, stored)
+        self._stored, self._records, self._macs = list(stored), records, macs
+        return list(records), list(macs)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from exitguard import FileHaltStore, TradingHalt, TradingHalted
+from exitguard import FileHaltStore, TradingHalt, TradingHalted, halt_chain
 from exitguard.compat import TradingHaltCoordinator
 from exitguard.errors import HaltResumeError, HaltStoreError
 from exitguard.halt import (
@@ -505,6 +505,76 @@ def test_tampering_while_running_halts_and_is_announced(tmp_path: Path) -> None:
         bot.check_entry()
     assert len(halts) == 1
     assert halts[0].actor == "halt_store"
+
+
+# -- incremental verification: only new records are verified, tampering still caught ---------
+
+
+def _bot_and_writer(path: Path, clock: FakeClock) -> tuple[TradingHalt, TradingHalt]:
+    """A bot that has verified a 3-record history, and a second process sharing the file."""
+    bot = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY, clock=clock)
+    other = TradingHalt(APPROVERS, store=FileHaltStore(path), key=TEST_HALT_KEY, poll_interval=0)
+    other.halt("breaker")
+    other.resume("alice", "fixed")
+    other.halt("breaker again")
+    clock.advance(1.0)
+    assert bot.is_halted  # polls the store: the three records are verified
+    assert len(bot.history) == 3
+    return bot, other
+
+
+def test_a_reload_after_one_appended_record_verifies_that_record_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot, other = _bot_and_writer(path, clock)
+    other.resume("bob", "fixed again")  # the other process appends record 3
+    checked: list[int] = []
+    real = halt_chain._verify_one
+
+    def spy(key: bytes, index: int, prev: str, raw: Any) -> tuple[HaltRecord, str]:
+        checked.append(index)
+        return real(key, index, prev, raw)
+
+    monkeypatch.setattr(halt_chain, "_verify_one", spy)
+    clock.advance(1.0)
+    bot.check_entry()  # resumed: no raise
+    assert checked == [3]  # not 0, 1, 2 again
+    assert [r.reason for r in bot.history] == [
+        "breaker", "fixed", "breaker again", "fixed again"]
+    # A process that has verified nothing yet still verifies every record.
+    checked.clear()
+    TradingHalt.from_file(path)
+    assert checked == [0, 1, 2, 3]
+
+
+def test_an_old_record_edited_after_its_prefix_was_verified_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot, other = _bot_and_writer(path, clock)
+    other.resume("bob", "fixed again")  # appended, so the reload looks like a plain extension
+    records = _records(path)
+    records[0]["reason"] = "something else"  # MACs kept: only record 0's own MAC is wrong
+    _write_records(path, records)
+    clock.advance(1.0)
+    with pytest.raises(TradingHalted, match="record 0 fails its MAC"):
+        bot.check_entry()
+    assert bot.store_error is not None
+
+
+def test_a_history_truncated_after_it_was_verified_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "halt.json"
+    clock = FakeClock()
+    bot, other = _bot_and_writer(path, clock)
+    other.resume("bob", "fixed again")
+    clock.advance(1.0)
+    bot.check_entry()
+    assert len(bot.history) == 4
+    _write_records(path, _records(path)[:2])  # a valid, shorter chain: rolled back
+    clock.advance(1.0)
+    with pytest.raises(TradingHalted, match="went back in time"):
+        bot.check_entry()
 
 
 # -- owner and mode survive a rewrite ----------------------------------------------------------
