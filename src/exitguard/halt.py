@@ -26,6 +26,7 @@ What a store must provide is :class:`~exitguard.halt_store.HaltStore` (in ``halt
 and nothing else); the chain (records, key, seal, verify) is in ``halt_chain.py``. The
 approver rule, rollback detection and the poll live here, over records, so a store only keeps
 JSON objects. Every name of those two modules a user needs is importable from here too.
+At about 500 lines this module is the halt's rules and nothing else.
 """
 
 from __future__ import annotations
