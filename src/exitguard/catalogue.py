@@ -64,7 +64,13 @@ class MetricSpec:
     @property
     def created_series(self) -> str:
         """The series prometheus_client exposes beside a counter: when it was created (unix
-        time). Alert rules read it to see a counter's first events before its first scrape."""
+        time). Alert rules read it to see a counter's first events before its first scrape.
+
+        A counter's series share its base name: ``exitguard_exits`` (``_total``,
+        ``_created``), and likewise ``exitguard_circuit_breaker_trips``,
+        ``exitguard_exit_deadline_exceeded``, ``exitguard_faults`` and
+        ``exitguard_trace_export_failures``, the ones the rules read both of
+        (``tests/alerting`` checks every series name against this catalogue)."""
         return f"{self.base_name}_created"
 
 
